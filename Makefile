@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medtok-installed
+# CPU machines take the local CPU wheel; GPU users install their CUDA torch into .venv first and run with TORCH_SPEC=
+TORCH_SPEC ?= torch==2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 3000
+MEDTOK_MODEL_DIR ?= model
+export MEDTOK_MODEL_DIR
+
+.PHONY: install demo test ui clean-outputs
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python -m medtok_dagster.demo
+
+test: install
+	$(BIN)/python -m pytest
+
+ui: install
+	mkdir -p $(MEDTOK_MODEL_DIR)/dagster_home
+	DAGSTER_HOME=$(abspath $(MEDTOK_MODEL_DIR))/dagster_home $(BIN)/dagster dev -m medtok_dagster.definitions -h $(HOST) -p $(PORT)
+
+clean-outputs:
+	rm -rf $(MEDTOK_MODEL_DIR)/tokenizer $(MEDTOK_MODEL_DIR)/raw_lora_added $(MEDTOK_MODEL_DIR)/trained $(MEDTOK_MODEL_DIR)/corpora $(MEDTOK_MODEL_DIR)/vocab $(MEDTOK_MODEL_DIR)/medtok.duckdb
