@@ -9,7 +9,8 @@ from medtok_dagster.core import dedicated, dictionary
 from medtok_dagster.core.io import read_jsonl
 from medtok_dagster.core.text import find_leaks, is_pure_hangul, mcq_texts
 from medtok_dagster.metadata import md_table
-from medtok_dagster.resources import MCQ_TEST, MCQ_TRAIN, MEDICAL_DICTIONARY, PathsResource
+from medtok_dagster.core.corpus import read_lines_parquet
+from medtok_dagster.resources import MCQ_TEST, MCQ_TRAIN, MEDICAL_CORPUS_PARQUET, MEDICAL_DICTIONARY, PathsResource
 
 LEAK_THRESHOLD = 0.5
 SHINGLE_SIZE = 8
@@ -71,4 +72,11 @@ def dictionary_terms_are_clean(dictionary_terms: pd.DataFrame) -> dg.AssetCheckR
     )
 
 
-CHECKS = [no_test_leak_in_tier1, dictionary_terms_are_clean]
+@dg.asset_check(asset="medical_corpus", blocking=True, description="No test.jsonl question appears in the medical corpus.")
+def no_test_leak_in_medical_corpus(paths: PathsResource) -> dg.AssetCheckResult:
+    return leak_check_result(held_out_questions(paths), iter(read_lines_parquet(paths.model(MEDICAL_CORPUS_PARQUET))), "medical_corpus")
+
+
+def build_checks() -> list[dg.AssetChecksDefinition]:
+    """Stand-alone checks (partitioned stages carry theirs as check specs on the asset itself)."""
+    return [no_test_leak_in_tier1, dictionary_terms_are_clean, no_test_leak_in_medical_corpus]

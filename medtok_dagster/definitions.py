@@ -5,18 +5,26 @@ from __future__ import annotations
 import dagster as dg
 
 from medtok_dagster import automation, checks
-from medtok_dagster.assets import dedicated
+from medtok_dagster.assets import corpora, dedicated, descriptions, model, tokenizers, training, vocab
 from medtok_dagster.assets.raw import build_raw_sources
 from medtok_dagster.resources import PathsResource, build_resources, settings_from_env
+
+OPTIONAL_ASSETS = {"llm_token_descriptions"}
+"""Assets that `make demo` leaves out: they are opt-in (the LLM describer needs a real LM to be useful)."""
 
 
 def build_definitions(data_dir: str, model_dir: str, base_model: str) -> dg.Definitions:
     """Definitions for one data directory; corpus assets are discovered from its general corpora."""
-    corpora = list(PathsResource(data_dir=data_dir, model_dir=model_dir).general_corpus_dirs())
-    raw_sources = build_raw_sources(corpora)
+    corpus_names = list(PathsResource(data_dir=data_dir, model_dir=model_dir).general_corpus_dirs())
+    raw_sources = build_raw_sources(corpus_names)
+    assets = [
+        raw_sources,
+        *dg.load_assets_from_modules([dedicated, corpora, vocab, tokenizers, descriptions, model, training]),
+        corpora.build_general_corpus_sample(corpus_names),
+    ]
     return dg.Definitions(
-        assets=[raw_sources, *dg.load_assets_from_modules([dedicated])],
-        asset_checks=checks.CHECKS,
+        assets=assets,
+        asset_checks=checks.build_checks(),
         schedules=[automation.observation_schedule(raw_sources)],
         resources=build_resources(data_dir, model_dir, base_model),
     )

@@ -27,6 +27,12 @@ GENERAL_CORPORA_DIR = "01_raw/00_korean"
 MEDICAL_DICTIONARY = "02_refined/01_medical_dict.json"
 TOKENIZER_DATA_DIR = "tokenizer"
 USER_TOKENS = f"{TOKENIZER_DATA_DIR}/user_added_tokens.txt"
+EVAL_DIR = "03_eval"
+
+MEDICAL_CORPUS_PARQUET = "corpora/medical_corpus.parquet"
+GENERAL_SAMPLE_DIR = "corpora/general"
+VOCAB_DIR = "vocab"
+TOKENIZER_DIR = "tokenizer"
 
 
 class PathEscapeError(ValueError):
@@ -101,4 +107,5 @@ def build_resources(data_dir: str, model_dir: str, base_model: str = DEFAULT_BAS
         "paths": paths,
         "base_model": BaseModelResource(name_or_path=base_model, paths=paths),
         "io_manager": duckdb_io_manager(model_dir),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

@@ -43,3 +43,36 @@ def model_dir(tmp_path: Path) -> Path:
     (target / "base").symlink_to(BASE_CACHE, target_is_directory=True)
     BASE_CACHE.mkdir(parents=True, exist_ok=True)
     return target
+
+
+def make_tiny_gemma(target: Path, tokenizer, vocab_size: int | None = None, tied: bool = True) -> Path:
+    """A randomly initialised 2-layer Gemma 3 with the real tokenizer: fast, but shaped like the real thing."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=512,
+        sliding_window=64,
+        tie_word_embeddings=tied,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = Gemma3ForCausalLM(config)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory, gemma_tokenizer) -> Path:
+    """A tiny tied Gemma 3 saved as a plain directory, usable as the `base_model` path."""
+    return make_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma"), gemma_tokenizer)

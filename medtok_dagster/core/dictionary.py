@@ -22,6 +22,7 @@ MIN_TERM_CHARS = 2
 MAX_TERM_CHARS = 15
 TERM_SEPARATORS_RE = re.compile(r"\s*[,;/·ㆍ]\s*")
 OPTIONAL_MARKS_RE = re.compile(r"[()\[\]]")
+TRAILING_SYNONYM_RE = re.compile(r"^(.{2,}?)\s*\(([가-힣]{2,}[^()]*)\)$")
 LATIN_OR_GREEK_RE = re.compile(r"[A-Za-z\u0370-\u03ff\u00b5]")
 DIGIT_RE = re.compile(r"[0-9]")
 
@@ -117,8 +118,12 @@ def refine_term(raw: str) -> tuple[str | None, str]:
     term = normalize(raw)
     if not term:
         return None, "empty"
-    resolved = OPTIONAL_MARKS_RE.sub("", term)
-    kept_reason = "resolved_optional_prefix" if resolved != term else "kept"
+    synonym = TRAILING_SYNONYM_RE.match(term)
+    if synonym:
+        resolved, kept_reason = synonym.group(1).strip(), "synonym_dropped"
+    else:
+        resolved = OPTIONAL_MARKS_RE.sub("", term)
+        kept_reason = "resolved_optional_prefix" if resolved != term else "kept"
     if LATIN_OR_GREEK_RE.search(resolved):
         return None, "english_mixed"
     if DIGIT_RE.search(resolved):

@@ -40,9 +40,14 @@ MAX_FORM_CHARS = 16
 
 def line_units(line: str) -> list[str]:
     """Split a line the way Gemma sees it: the first word bare, every later word ``▁``-prefixed."""
-    words = line.split(" ")
-    units = [words[0]] + [WORD_BOUNDARY + w for w in words[1:]]
-    return [u for u in units if u and u != WORD_BOUNDARY]
+    units, pending = [], ""
+    for position, word in enumerate(line.split(" ")):
+        if position:
+            pending += WORD_BOUNDARY
+        if word:
+            units.append(pending + word)
+            pending = ""
+    return units + [pending] if pending else units
 
 
 def unit_frequencies(lines: Iterable[str], weight: int = 1) -> Counter[str]:
@@ -456,3 +461,148 @@ def build_extended_tokenizer(
 def new_token_ids(tokenizer: Any, base_len: int) -> dict[str, int]:
     """Every token with id ≥ ``base_len`` (added tokens and new BPE entries alike)."""
     return {token: idx for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if idx >= base_len}
+
+
+def isolated_savings(surfaces: Sequence[str], units: Counter[str], base: BasePieces) -> pd.DataFrame:
+    """Tokens each candidate would save on its own, in each form (the ``candidate_tokens`` estimate).
+
+    This is the first round of the greedy: an upper bound on what the candidate can contribute,
+    useful for ranking and inspection; selection itself re-measures against accepted tokens.
+    """
+    sim = AddedTokenSim(base)
+    bare_forms = {s: forms_of(s) for s in surfaces}
+    wanted = {f for pair in bare_forms.values() for f in pair if f not in base.vocab}
+    index = UnitIndex(units, wanted, sim)
+    rows = []
+    for surface, (bare, initial) in bare_forms.items():
+        rows.append(
+            {
+                "token": surface,
+                "in_base_bare": bare in base.vocab,
+                "in_base_word_initial": initial in base.vocab,
+                "base_pieces_word_initial": len(base(initial)),
+                "saved_bare": 0.0 if bare in base.vocab else index.gain(bare, sim),
+                "saved_word_initial": 0.0 if initial in base.vocab else index.gain(initial, sim),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    frame["estimated_saved"] = frame[["saved_bare", "saved_word_initial"]].max(axis=1)
+    return frame
+
+
+def mix_units(medical: Counter[str], general: Counter[str], medical_share: float) -> Counter[str]:
+    """Combine unit counts so the medical corpus carries ``medical_share`` of all base tokens' weight.
+
+    Without this, a 1M-line general sample would drown a 10k-line medical corpus and the mixed
+    variant would stop improving medical text.
+    """
+    if not general:
+        return Counter(medical)
+    if not medical or medical_share <= 0:
+        return Counter(general)
+    scale = (medical_share / (1 - medical_share)) * (sum(general.values()) / sum(medical.values()))
+    mixed: Counter[str] = Counter(general)
+    for unit, count in medical.items():
+        mixed[unit] += count * scale
+    return mixed
+
+
+def prototype_order(tier1: Sequence[str], ordered_surfaces: Sequence[str], base_tokenizer: Any) -> list[str]:
+    """The prototype's token list for comparison: bare strings in priority order, minus single tokens.
+
+    This reproduces its mechanism (frequency/priority order, bare forms, ``len(encode) != 1`` filter)
+    on our candidates, so budget curves can be compared on equal data.
+    """
+    seen: set[str] = set()
+    order = []
+    for token in [*tier1, *ordered_surfaces]:
+        if token in seen:
+            continue
+        seen.add(token)
+        if len(base_tokenizer.encode(token, add_special_tokens=False)) != 1:
+            order.append(token)
+    return order
+
+
+def tokenizer_with_added(base_tokenizer: Any, tokens: Sequence[str]) -> Any:
+    """An in-memory copy of the base backend with ``tokens`` added (for budget-curve measurements)."""
+    from tokenizers import AddedToken, Tokenizer
+
+    backend = Tokenizer.from_str(base_tokenizer.backend_tokenizer.to_str())
+    backend.add_tokens([AddedToken(t, normalized=True, special=False) for t in tokens])
+    return backend
+
+
+def tokenizer_with_merges(base_tokenizer: Any, tier1: Sequence[str], merges: Sequence[MergeRule], entries: Sequence[str]) -> Any:
+    """An in-memory ``bpe_merge`` backend with a prefix of the merges (for budget-curve measurements)."""
+    from tokenizers import AddedToken, Tokenizer
+
+    backend = Tokenizer.from_str(_bpe_merge_tokenizer_json(base_tokenizer.backend_tokenizer.to_str(), merges, entries, len(base_tokenizer)))
+    backend.add_tokens([AddedToken(t, normalized=True, special=False) for t in tier1])
+    return backend
+
+
+@dataclass
+class VariantPlan:
+    """Everything a variant tokenizer is built from: Tier-1 tokens kept/skipped, selection, merges."""
+
+    strategy: str
+    tier1: list[str]
+    tier1_in_base: list[str]
+    selection: Selection
+    merges: list[MergeRule]
+
+
+def plan_variant(
+    base_tokenizer: Any,
+    strategy: str,
+    tier1_tokens: Sequence[str],
+    forced: Sequence[Candidate],
+    candidates: Sequence[Candidate],
+    units: Counter[str],
+    budget: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> VariantPlan:
+    """Select a variant's tokens: Tier-1 verbatim, forced dictionary terms, then greedy savings."""
+    base = BasePieces(base_tokenizer)
+    tier1, tier1_in_base = tier1_added_tokens(tier1_tokens, base.vocab)
+    sim = make_simulator(strategy, base, tier1)
+    selection = greedy_select(candidates, units, sim, max(budget - len(tier1), 0), forced=forced, progress=progress)
+    merges = sim.merges if isinstance(sim, BpeMergeSim) else []
+    return VariantPlan(strategy, tier1, tier1_in_base, selection, merges)
+
+
+def token_table(plan: VariantPlan, tokenizer: Any, tier1_sources: dict[str, str]) -> pd.DataFrame:
+    """One row per new vocabulary entry with id, tier, form, kind and measured savings."""
+    vocab = tokenizer.get_vocab()
+    rows = []
+    for token in plan.tier1:
+        rows.append({"token": token, "surface": token, "id": vocab[token], "source": tier1_sources.get(token, "tier1"), "kind": "tier1", "saved_tokens": 0.0, "rank": 0})
+    for rank, choice in enumerate(plan.selection.choices, start=1):
+        for entry in choice.entries:
+            is_final = entry == choice.form
+            rows.append(
+                {
+                    "token": entry,
+                    "surface": entry.removeprefix(WORD_BOUNDARY),
+                    "id": vocab[entry],
+                    "source": choice.source,
+                    "kind": ("word_initial" if entry.startswith(WORD_BOUNDARY) else "bare") if is_final else "intermediate",
+                    "saved_tokens": choice.gain if is_final else 0.0,
+                    "rank": rank,
+                }
+            )
+    return pd.DataFrame(rows, columns=["token", "surface", "id", "source", "kind", "saved_tokens", "rank"]).sort_values("id", ignore_index=True)
+
+
+def token_mapping(base_len: int, tokenizer: Any, strategy: str) -> dict[str, Any]:
+    """The prototype's ``token_mapping.json`` content (plus the strategy)."""
+    ids = new_token_ids(tokenizer, base_len)
+    return {
+        "original_vocab_size": base_len,
+        "new_vocab_size": len(tokenizer),
+        "tokens_added": len(ids),
+        "strategy": strategy,
+        "new_tokens": list(ids),
+        "new_token_ids": ids,
+    }

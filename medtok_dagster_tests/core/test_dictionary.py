@@ -23,6 +23,8 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "dictionary_terms_6
         ("급성 신우신염", None, "multi_word"),
         ("심장-폐", None, "non_hangul_symbol"),
         ("  폐렴 ", "폐렴", "kept"),
+        ("뇌졸중(중풍)", "뇌졸중", "synonym_dropped"),
+        ("안검 (눈꺼풀)", "안검", "synonym_dropped"),
     ],
 )
 def test_refine_term(raw, term, reason):

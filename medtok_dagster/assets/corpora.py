@@ -1,0 +1,122 @@
+"""Corpora: the medical corpus (train split + dictionary) and a streamed sample of each general corpus."""
+
+from typing import Optional
+
+import dagster as dg
+import pandas as pd
+
+from medtok_dagster.assets.dedicated import InputConfig
+from medtok_dagster.assets.raw import corpus_asset_key
+from medtok_dagster.checks import held_out_questions, leak_check_result
+from medtok_dagster.core import corpus, dictionary
+from medtok_dagster.core.dedicated import MCQ_REQUIRED_FIELDS
+from medtok_dagster.core.io import read_jsonl
+from medtok_dagster.metadata import md_table, skip_metadata
+from medtok_dagster.resources import (
+    GENERAL_CORPORA_DIR,
+    GENERAL_SAMPLE_DIR,
+    MCQ_TRAIN,
+    MEDICAL_CORPUS_PARQUET,
+    MEDICAL_DICTIONARY,
+    PathsResource,
+)
+
+GROUP = "corpora"
+CODE_VERSION = "1"
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=["mcq_train", "medical_dictionary"],
+    kinds={"parquet", "duckdb"},
+    code_version=CODE_VERSION,
+    description="Korean medical text: train questions and options plus dictionary definitions; NFC, deduplicated, one sentence per row.",
+)
+def medical_corpus(context: dg.AssetExecutionContext, config: InputConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
+    records, skips = read_jsonl(paths.data(MCQ_TRAIN), MCQ_REQUIRED_FIELDS, lenient=config.lenient)
+    entries = dictionary.load_dictionary(paths.data(MEDICAL_DICTIONARY), lenient=config.lenient).entries
+    rows = corpus.build_medical_corpus([r.data for r in records], [(e.term, e.definition) for e in entries])
+    frame = pd.DataFrame(rows, columns=["source", "text"])
+    out = corpus.write_lines_parquet(frame["text"].tolist(), paths.model(MEDICAL_CORPUS_PARQUET), {"source": frame["source"].tolist()})
+    summary = frame.assign(chars=frame["text"].str.len()).groupby("source", as_index=False).agg(rows=("text", "size"), chars=("chars", "sum"))
+    context.log.info("Medical corpus: %d lines, %d characters", len(frame), int(summary["chars"].sum()))
+    return dg.Output(
+        summary,
+        metadata={
+            "path": dg.MetadataValue.path(str(out)),
+            "lines": len(frame),
+            "chars": int(summary["chars"].sum()),
+            "by_source": md_table(summary),
+            "preview": md_table(frame.sample(min(len(frame), 10), random_state=0)),
+            **skip_metadata(skips),
+        },
+    )
+
+
+class GeneralSampleConfig(dg.Config):
+    """How each general corpus is sampled."""
+
+    n_lines: int = 1_000_000
+    """Lines kept per corpus (uniform reservoir sample over every shard)."""
+    seed: int = 0
+    """Sampling seed: the same seed and files give the same sample."""
+    text_column: Optional[str] = None
+    """Column holding the text; detected (text, content, document, …) when unset."""
+    heldout_permille: int = 20
+    """Per-mille of sampled lines kept out of vocabulary building, for evaluation only (by line hash)."""
+    lenient: bool = False
+    """Skip and count unreadable records and over-long lines instead of failing."""
+
+
+def build_general_corpus_sample(corpora: list[str]) -> dg.AssetsDefinition:
+    """`general_corpus_sample`, one static partition per corpus directory found at load time."""
+
+    @dg.asset(
+        name="general_corpus_sample",
+        partitions_def=dg.StaticPartitionsDefinition(corpora),
+        group_name=GROUP,
+        deps=[corpus_asset_key(name) for name in corpora],
+        kinds={"parquet", "duckdb"},
+        code_version=CODE_VERSION,
+        metadata={"partition_expr": "corpus"},
+        check_specs=[dg.AssetCheckSpec("no_test_leak", asset="general_corpus_sample", blocking=True,
+                                       description="No test.jsonl question appears in the sampled lines.")],
+        description="Deterministic reservoir sample of each general corpus, streamed shard by shard; held-out lines kept apart.",
+    )
+    def general_corpus_sample(context: dg.AssetExecutionContext, config: GeneralSampleConfig, paths: PathsResource):
+        name = context.partition_key
+        sample = corpus.sample_corpus(
+            paths.data(GENERAL_CORPORA_DIR, name), config.n_lines, seed=config.seed, text_column=config.text_column,
+            lenient=config.lenient, progress=lambda shards, lines: context.log.info("%s: %d shards, %d lines read", name, shards, lines),
+        )
+        train, heldout = corpus.split_heldout(sample.lines, config.heldout_permille)
+        out = corpus.write_lines_parquet(train, paths.model(GENERAL_SAMPLE_DIR, f"{name}.parquet"))
+        corpus.write_lines_parquet(heldout, paths.model(GENERAL_SAMPLE_DIR, f"{name}.heldout.parquet"))
+        summary = pd.DataFrame(
+            [{
+                "corpus": name,
+                "shards": len(sample.shards),
+                "text_column": sample.text_column,
+                "lines_seen": sample.lines_seen,
+                "sampled": len(train),
+                "heldout": len(heldout),
+                "chars": sum(len(line) for line in train),
+                "skipped": sample.skips.total,
+            }]
+        )
+        yield dg.Output(
+            summary,
+            metadata={
+                "path": dg.MetadataValue.path(str(out)),
+                "lines": len(train),
+                "lines_seen": sample.lines_seen,
+                "heldout": len(heldout),
+                "text_column": sample.text_column,
+                "shards": md_table(pd.DataFrame([vars(s) for s in sample.shards]).astype(str)),
+                "preview": md_table(pd.DataFrame({"text": train[:10]})),
+                **skip_metadata(sample.skips),
+            },
+        )
+        yield leak_check_result(held_out_questions(paths), iter(train), f"general_corpus_sample[{name}]")
+
+    return general_corpus_sample

@@ -1,0 +1,233 @@
+"""Tokenizer variants (one partition each) and their efficiency on held-out text."""
+
+import time
+from collections import Counter
+
+import dagster as dg
+import pandas as pd
+
+from medtok_dagster.core import metrics, tokenizer_build
+from medtok_dagster.core.corpus import read_lines_parquet
+from medtok_dagster.core.dedicated import MCQ_REQUIRED_FIELDS, is_special_char
+from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_jsonl
+from medtok_dagster.metadata import md_counts, md_plot, md_table
+from medtok_dagster.resources import (
+    EVAL_DIR,
+    GENERAL_SAMPLE_DIR,
+    MCQ_TEST,
+    MEDICAL_CORPUS_PARQUET,
+    TOKENIZER_DIR,
+    BaseModelResource,
+    PathsResource,
+)
+
+GROUP = "tokenizers"
+CODE_VERSION = "1"
+VARIANTS = ["dedicated", "ded_medical", "ded_med_normal"]
+VARIANT_TIERS = {"dedicated": (), "ded_medical": ("medical",), "ded_med_normal": ("medical", "general")}
+DEFAULT_BUDGETS = {"dedicated": 4700, "ded_medical": 10700, "ded_med_normal": 20600}
+DEFAULT_STRATEGY = "added_tokens"
+variant_partitions = dg.StaticPartitionsDefinition(VARIANTS)
+
+
+class VariantConfig(dg.Config):
+    """How a variant's tokens are chosen and written."""
+
+    strategy: str = DEFAULT_STRATEGY
+    """`added_tokens` (tokenizer.add_tokens, any HF tokenizer) or `bpe_merge` (new BPE entries and merges)."""
+    budgets: dict[str, int] = DEFAULT_BUDGETS
+    """Maximum new vocabulary entries per variant (Tier 1 included)."""
+    medical_share: float = 0.5
+    """Weight of the medical corpus among training units when a general corpus is mixed in."""
+
+
+def variant_dir(paths: PathsResource, variant: str):
+    """Where a variant's `save_pretrained` directory lives (the prototype's layout)."""
+    return paths.model(TOKENIZER_DIR, f"medgemma_{variant}")
+
+
+def general_sample_files(paths: PathsResource, suffix: str = ".parquet") -> list:
+    """The general corpus sample files of every configured corpus (held-out files use another suffix)."""
+    return [paths.model(GENERAL_SAMPLE_DIR, f"{name}{suffix}") for name in paths.general_corpus_dirs()]
+
+
+def training_units(paths: PathsResource, variant: str, medical_share: float) -> Counter:
+    """Word units and counts the variant's selection is measured on (medical, plus general for the mixed variant)."""
+    medical = tokenizer_build.unit_frequencies(read_lines_parquet(paths.model(MEDICAL_CORPUS_PARQUET)))
+    if "general" not in VARIANT_TIERS[variant]:
+        return medical
+    general: Counter = Counter()
+    for path in general_sample_files(paths):
+        general.update(tokenizer_build.unit_frequencies(read_lines_parquet(path)))
+    return tokenizer_build.mix_units(medical, general, medical_share)
+
+
+def _tier1(dedicated_tokens: pd.DataFrame) -> tuple[list[str], dict[str, str], list[tokenizer_build.Candidate]]:
+    fixed = dedicated_tokens[dedicated_tokens["source"] != "dictionary"]
+    forced = dedicated_tokens[dedicated_tokens["source"] == "dictionary"]
+    sources = {token.replace(" ", tokenizer_build.WORD_BOUNDARY): source for token, source in zip(fixed["token"], fixed["source"])}
+    return fixed["token"].tolist(), sources, [tokenizer_build.Candidate(t, "dictionary") for t in forced["token"]]
+
+
+@dg.asset(
+    partitions_def=variant_partitions,
+    group_name=GROUP,
+    kinds={"tokenizers", "duckdb"},
+    code_version=CODE_VERSION,
+    metadata={"partition_expr": "variant"},
+    deps=["medical_corpus", dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping())],
+    description="Extended tokenizer per variant (save_pretrained dir + token_mapping.json + stats) and its new-token table.",
+)
+def tokenizer_variants(
+    context: dg.AssetExecutionContext,
+    config: VariantConfig,
+    paths: PathsResource,
+    base_model: BaseModelResource,
+    dedicated_tokens: pd.DataFrame,
+    candidate_tokens: pd.DataFrame,
+) -> dg.Output[pd.DataFrame]:
+    variant = context.partition_key
+    base = base_model.load_tokenizer()
+    units = training_units(paths, variant, config.medical_share)
+    tier1, tier1_sources, forced = _tier1(dedicated_tokens)
+    pool = candidate_tokens[candidate_tokens["tier"].isin(VARIANT_TIERS[variant])]
+    candidates = [tokenizer_build.Candidate(t, tier) for t, tier in zip(pool["token"], pool["tier"])]
+    started = time.monotonic()
+    plan = tokenizer_build.plan_variant(
+        base, config.strategy, tier1, forced, candidates, units, config.budgets[variant],
+        progress=lambda used, budget: context.log.info("%s: %d / %d entries selected", variant, used, budget),
+    )
+    seconds = time.monotonic() - started
+    with atomic_dir(variant_dir(paths, variant)) as staging:
+        tokenizer = tokenizer_build.build_extended_tokenizer(base, config.strategy, plan.tier1, plan.selection, plan.merges, staging)
+        mapping = tokenizer_build.token_mapping(len(base), tokenizer, config.strategy)
+        frame = tokenizer_build.token_table(plan, tokenizer, tier1_sources)
+        stats = {
+            "variant": variant,
+            "strategy": config.strategy,
+            "budget": config.budgets[variant],
+            "original_vocab_size": len(base),
+            "new_vocab_size": len(tokenizer),
+            "tokens_added": mapping["tokens_added"],
+            "tier1_in_base_skipped": plan.tier1_in_base,
+            "candidate_forms_in_base_skipped": plan.selection.skipped_in_base,
+            "training_units": len(units),
+            "training_base_tokens": plan.selection.base_tokens,
+            "estimated_training_ratio": float(plan.selection.curve()["estimated_ratio"].iloc[-1]) if plan.selection.choices else 1.0,
+            "by_source": frame["source"].value_counts().to_dict(),
+            "by_kind": frame["kind"].value_counts().to_dict(),
+            "selection_seconds": round(seconds, 1),
+        }
+        atomic_write_json(staging / "token_mapping.json", mapping)
+        atomic_write_json(staging / f"{variant}_stats.json", stats)
+    frame.insert(0, "variant", variant)
+    curve = plan.selection.curve()
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            "path": dg.MetadataValue.path(str(variant_dir(paths, variant))),
+            "strategy": config.strategy,
+            "tokens_added": mapping["tokens_added"],
+            "new_vocab_size": len(tokenizer),
+            "first_new_id": int(frame["id"].min()) if len(frame) else len(base),
+            "estimated_training_ratio": round(stats["estimated_training_ratio"], 3),
+            "by_source": md_counts(stats["by_source"], key="source"),
+            "by_kind": md_counts(stats["by_kind"], key="kind"),
+            "top_savers": md_table(frame.sort_values("saved_tokens", ascending=False)),
+            "budget_curve": md_plot(lambda ax: (ax.plot(curve["entries"], curve["estimated_ratio"]), ax.set_xlabel("new entries"), ax.set_ylabel("est. compression on training units"))),
+        },
+    )
+
+
+class EfficiencyConfig(dg.Config):
+    """Held-out evaluation texts and the budgets at which compression curves are measured."""
+
+    heldout_jsonl: list[str] = []
+    """Extra held-out JSONL files (relative to the data dir, field `text`), each its own text type."""
+    curve_budgets: list[int] = [250, 500, 1000, 2000, 4000, 7000, 10700, 20600]
+
+
+def heldout_texts(paths: PathsResource, extra: list[str]) -> dict[str, list[str]]:
+    """Held-out texts by type: test.jsonl (eval only), general corpus held-out lines, English and code."""
+    records, _ = read_jsonl(paths.data(MCQ_TEST), MCQ_REQUIRED_FIELDS, lenient=True)
+    texts = metrics.mcq_eval_texts([r.data for r in records], is_special_char)
+    texts["general_korean"] = [line for path in general_sample_files(paths, ".heldout.parquet") if path.exists() for line in read_lines_parquet(path)]
+    for name in ("english", "code", *extra):
+        relative = f"{EVAL_DIR}/{name}.jsonl" if name in ("english", "code") else name
+        rows, _ = read_jsonl(paths.data(relative), ("text",))
+        texts[name if name in ("english", "code") else relative] = [r.data["text"] for r in rows]
+    return texts
+
+
+def budget_curves(base, variants: dict[str, pd.DataFrame], order_prototype: list[str], exam: list[str], budgets: list[int]) -> pd.DataFrame:
+    """Compression of held-out exam text at each budget: every variant's own order vs the prototype's."""
+    base_tokens = sum(metrics.count_tokens(base, exam))
+    rows = []
+    for budget in budgets:
+        if budget <= len(order_prototype):
+            prototype = tokenizer_build.tokenizer_with_added(base, order_prototype[:budget])
+            rows.append({"curve": "prototype (bare, by frequency)", "budget": budget, "ratio_vs_base": base_tokens / sum(metrics.count_tokens(prototype, exam))})
+        for variant, table in variants.items():
+            if budget > len(table):
+                continue
+            ordered = table.sort_values(["rank", "id"])["token"].tolist()[:budget]
+            backend = tokenizer_build.tokenizer_with_added(base, ordered)
+            rows.append({"curve": f"{variant} (savings, ▁ forms)", "budget": budget, "ratio_vs_base": base_tokens / sum(metrics.count_tokens(backend, exam))})
+    return pd.DataFrame(rows)
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"duckdb"},
+    code_version=CODE_VERSION,
+    deps=["mcq_test"],
+    ins={"tokenizer_variants": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+    description="Base vs every variant on held-out text by type: tokens/char, tokens/word, ratio, exact round trip; budget curves.",
+)
+def tokenizer_efficiency(
+    context: dg.AssetExecutionContext,
+    config: EfficiencyConfig,
+    paths: PathsResource,
+    base_model: BaseModelResource,
+    tokenizer_variants: pd.DataFrame,
+    medical_tokens: pd.DataFrame,
+    general_tokens: pd.DataFrame,
+    dedicated_tokens: pd.DataFrame,
+) -> dg.Output[pd.DataFrame]:
+    from transformers import AutoTokenizer
+
+    base = base_model.load_tokenizer()
+    tokenizers = {"base": base}
+    for variant in VARIANTS:
+        if variant_dir(paths, variant).exists():
+            tokenizers[variant] = AutoTokenizer.from_pretrained(variant_dir(paths, variant), trust_remote_code=False)
+    texts = heldout_texts(paths, config.heldout_jsonl)
+    table = metrics.efficiency_table(tokenizers, texts)
+    prototype = tokenizer_build.prototype_order(
+        dedicated_tokens["token"].tolist(), [*medical_tokens["token"], *general_tokens["token"]], base
+    )
+    variant_tables = {v: tokenizer_variants[tokenizer_variants["variant"] == v] for v in ("ded_medical", "ded_med_normal")}
+    curves = budget_curves(base, variant_tables, prototype, texts["exam_sentences"], config.curve_budgets)
+    context.log.info("Measured %d tokenizers on %d text types", len(tokenizers), len(texts))
+    pivot = table.pivot(index="text_type", columns="tokenizer", values="ratio_vs_base")
+
+    def draw(ax):
+        for name, group in curves.groupby("curve"):
+            ax.plot(group["budget"], group["ratio_vs_base"], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("added tokens (budget)")
+        ax.set_ylabel("held-out exam compression vs base")
+        ax.legend(fontsize=7)
+
+    return dg.Output(
+        table,
+        metadata={
+            "dagster/row_count": len(table),
+            "ratio_vs_base": dg.MetadataValue.md(pivot.round(3).to_markdown()),
+            "tokens_per_char": dg.MetadataValue.md(table.pivot(index="text_type", columns="tokenizer", values="tokens_per_char").round(3).to_markdown()),
+            "round_trip_failures": int(table["round_trip_failures"].sum()),
+            "budget_curves": md_table(curves.round(3), rows=len(curves)),
+            "budget_vs_compression": md_plot(draw),
+        },
+    )

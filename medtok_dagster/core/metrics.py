@@ -1,0 +1,137 @@
+"""Tokenizer efficiency on held-out text: tokens per character and word, ratio to base, round trip.
+
+Measured per text type, because a vocabulary can look good on exam sentences while regressing on
+English or code; those two are the no-regression control.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from medtok_dagster.core.text import MCQ_OPTION_FIELDS
+
+SYMBOL_CONTEXT = 8
+
+
+def _backend(tokenizer: Any) -> Any:
+    """Accept a transformers tokenizer or a bare ``tokenizers.Tokenizer`` (budget-curve prefixes)."""
+    return getattr(tokenizer, "backend_tokenizer", tokenizer)
+
+
+def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Token counts without special tokens, batched through the Rust backend."""
+    encodings = _backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)
+    return [len(e.ids) for e in encodings]
+
+
+def round_trip_failures(tokenizer: Any, texts: Sequence[str]) -> list[str]:
+    """Texts that do not decode back to themselves exactly."""
+    backend = _backend(tokenizer)
+    encodings = backend.encode_batch(list(texts), add_special_tokens=False)
+    decoded = backend.decode_batch([e.ids for e in encodings], skip_special_tokens=False)
+    return [text for text, back in zip(texts, decoded) if text != back]
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Totals for one tokenizer on one text type."""
+
+    texts: int
+    chars: int
+    words: int
+    tokens: int
+    round_trip_failures: int
+
+    @property
+    def tokens_per_char(self) -> float:
+        return self.tokens / max(self.chars, 1)
+
+    @property
+    def tokens_per_word(self) -> float:
+        return self.tokens / max(self.words, 1)
+
+
+def measure(tokenizer: Any, texts: Sequence[str]) -> Efficiency:
+    """Token, character and word totals plus exact round-trip failures."""
+    return Efficiency(
+        texts=len(texts),
+        chars=sum(len(t) for t in texts),
+        words=sum(len(t.split()) for t in texts),
+        tokens=sum(count_tokens(tokenizer, texts)),
+        round_trip_failures=len(round_trip_failures(tokenizer, texts)),
+    )
+
+
+def efficiency_table(tokenizers: Mapping[str, Any], texts_by_type: Mapping[str, Sequence[str]], baseline: str = "base") -> pd.DataFrame:
+    """One row per tokenizer × text type; ``ratio_vs_base`` > 1 means fewer tokens than the base."""
+    rows = []
+    for text_type, texts in texts_by_type.items():
+        if not texts:
+            continue
+        results = {name: measure(tok, texts) for name, tok in tokenizers.items()}
+        base_tokens = results[baseline].tokens
+        for name, result in results.items():
+            rows.append(
+                {
+                    "tokenizer": name,
+                    "text_type": text_type,
+                    "texts": result.texts,
+                    "chars": result.chars,
+                    "tokens": result.tokens,
+                    "tokens_per_char": round(result.tokens_per_char, 4),
+                    "tokens_per_word": round(result.tokens_per_word, 4),
+                    "ratio_vs_base": round(base_tokens / max(result.tokens, 1), 4),
+                    "round_trip_failures": result.round_trip_failures,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def mcq_eval_texts(records: Sequence[Mapping[str, Any]], is_special: Any) -> dict[str, list[str]]:
+    """Held-out MCQ text split by type: question sentences, option terms, symbol snippets."""
+    questions = [r["question"] for r in records if isinstance(r.get("question"), str)]
+    options = [r[f] for r in records for f in MCQ_OPTION_FIELDS if isinstance(r.get(f), str) and r[f].strip()]
+    snippets = []
+    for text in questions + options:
+        for pos, ch in enumerate(text):
+            if is_special(ch):
+                snippets.append(text[max(pos - SYMBOL_CONTEXT, 0) : pos + SYMBOL_CONTEXT + 1])
+    return {"exam_sentences": questions, "medical_terms": options, "medical_symbols": snippets}
+
+
+@dataclass(frozen=True)
+class LossReport:
+    """Held-out language-model loss, per token and per character (comparable across tokenizers)."""
+
+    loss: float
+    perplexity: float
+    bits_per_char: float
+    tokens: int
+    chars: int
+
+
+def heldout_loss(model: Any, tokenizer: Any, texts: Sequence[str], max_len: int = 256, batch_size: int = 8) -> LossReport:
+    """Mean next-token NLL over ``texts``; bits per character lets base and extended tokenizers compare."""
+    import math
+
+    import torch
+
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=max_len)
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits = model(**batch).logits.float()
+            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(logits.device)
+            nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+            total_nll += nll.item()
+            total_tokens += int((shift_labels != -100).sum())
+    loss = total_nll / max(total_tokens, 1)
+    chars = sum(len(t) for t in texts)
+    return LossReport(loss, math.exp(min(loss, 50)), total_nll / math.log(2) / max(chars, 1), total_tokens, chars)

@@ -1,0 +1,125 @@
+"""`make demo`: observe the raw sources, materialize the whole asset graph, and print a summary.
+
+Runs against the same Dagster instance as `make ui` (``<model dir>/dagster_home``), so every run,
+materialization and check result of the demo is browsable in the UI afterwards. Partitioned stages
+run one partition at a time, in lineage order; optional assets (the LLM describer) are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from medtok_dagster.definitions import OPTIONAL_ASSETS, build_definitions
+from medtok_dagster.resources import settings_from_env
+
+DEMO_MODEL_PARTITIONS = {"variant": "ded_medical", "profile": "embedded"}
+"""Model and training stages run for one variant × profile in the demo (CPU time); the UI can run the rest."""
+SUMMARY_KEYS = ("dagster/row_count", "kept", "lines", "chars", "tokens_added", "ratio_vs_base", "new_vocab_size", "eval_loss_after")
+
+
+@dataclass
+class Phase:
+    """Consecutive assets (in lineage order) that share one partitioning."""
+
+    keys: list[dg.AssetKey]
+    partition_keys: list[str | None]
+
+
+@dataclass
+class DemoReport:
+    """What the demo materialized and checked, for the closing summary."""
+
+    materialized: dict[str, dict[str, object]] = field(default_factory=dict)
+    checks: list[tuple[str, str, bool]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _partition_keys(partitions: dg.PartitionsDefinition | None, only: dict[str, str]) -> list[str | None]:
+    if partitions is None:
+        return [None]
+    keys = partitions.get_partition_keys()
+    if isinstance(partitions, dg.MultiPartitionsDefinition):
+        keys = [k for k in keys if all(k.keys_by_dimension.get(d, v) == v for d, v in only.items())]
+    return list(keys)
+
+
+def plan_phases(defs: dg.Definitions, skip: set[str], only: dict[str, str]) -> tuple[list[dg.AssetKey], list[Phase]]:
+    """Raw (observable) keys, then materializable keys grouped into phases by partitions definition."""
+    graph = defs.resolve_asset_graph()
+    raw, phases = [], []
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        if node.is_observable and not node.is_materializable:
+            raw.append(key)
+            continue
+        if not node.is_materializable or key.to_user_string() in skip:
+            continue
+        keys = _partition_keys(node.partitions_def, only)
+        if phases and phases[-1].partition_keys == keys:
+            phases[-1].keys.append(key)
+        else:
+            phases.append(Phase([key], keys))
+    return raw, phases
+
+
+def _collect(result: dg.ExecuteInProcessResult, report: DemoReport, partition: str | None) -> None:
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        name = materialization.asset_key.to_user_string() + (f"[{partition}]" if partition else "")
+        report.materialized[name] = {k: v.value for k, v in materialization.metadata.items() if k in SUMMARY_KEYS}
+    for evaluation in result.get_asset_check_evaluations():
+        report.checks.append((evaluation.asset_key.to_user_string() + (f"[{partition}]" if partition else ""), evaluation.check_name, evaluation.passed))
+
+
+def run_demo(
+    defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict | None = None, only: dict[str, str] = DEMO_MODEL_PARTITIONS
+) -> DemoReport:
+    """Observe raw sources, then materialize every phase; stops at the first failure."""
+    report = DemoReport()
+    started = time.monotonic()
+    assets = [*defs.assets, *(defs.asset_checks or [])]
+    raw, phases = plan_phases(defs, OPTIONAL_ASSETS, only)
+    dg.materialize(assets, selection=raw, instance=instance, resources=defs.resources)
+    for phase in phases:
+        for partition in phase.partition_keys:
+            print(f"materializing {', '.join(k.to_user_string() for k in phase.keys)}" + (f" [{partition}]" if partition else ""), flush=True)
+            selection = dg.AssetSelection.assets(*phase.keys) | dg.AssetSelection.checks_for_assets(*phase.keys)
+            config = {"ops": {k: v for k, v in (run_config or {}).get("ops", {}).items() if dg.AssetKey(k) in phase.keys}}
+            result = dg.materialize(assets, selection=selection, partition_key=partition, instance=instance, resources=defs.resources, run_config=config)
+            _collect(result, report, partition)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def format_report(report: DemoReport) -> str:
+    """A plain-text summary: one line per materialization, then the check results."""
+    lines = [f"\nmedtok demo: {len(report.materialized)} materializations in {report.seconds:.0f}s"]
+    for name, meta in report.materialized.items():
+        detail = ", ".join(f"{k.removeprefix('dagster/')}={v}" for k, v in meta.items())
+        lines.append(f"  {name:<40} {detail}")
+    failed = [c for c in report.checks if not c[2]]
+    lines.append(f"checks: {len(report.checks) - len(failed)} passed, {len(failed)} failed")
+    lines.extend(f"  FAILED {asset}: {check}" for asset, check, _ in failed)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    settings = settings_from_env()
+    home = Path(settings["model_dir"]).resolve() / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DAGSTER_HOME", str(home))
+    defs = build_definitions(**settings)
+    with dg.DagsterInstance.get() as instance:
+        report = run_demo(defs, instance)
+    print(format_report(report))
+    return 0 if all(passed for _, _, passed in report.checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""External processes launched through Dagster Pipes (they import core and dagster_pipes, never dagster)."""

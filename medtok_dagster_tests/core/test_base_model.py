@@ -1,0 +1,47 @@
+import pytest
+
+from medtok_dagster.core import base_model
+from medtok_dagster.core.base_model import BaseModelError
+
+
+def test_embedded_tokenizer_is_gemma3(gemma_dir, gemma_tokenizer):
+    assert gemma_dir.name.startswith("gemma3-270m-" + base_model.embedded_sha256()[:8])
+    assert len(gemma_tokenizer) == 262144
+    assert gemma_tokenizer.tokenize("당뇨병 환자")[0] == "당"
+    assert base_model.ensure_embedded(gemma_dir.parent, with_model=False) == gemma_dir
+
+
+def test_resolve_embedded_and_unknown(gemma_dir):
+    source = base_model.resolve("embedded:gemma3-270m", gemma_dir.parent, with_model=False)
+    assert (source.kind, source.load_from) == ("embedded", str(gemma_dir))
+    with pytest.raises(BaseModelError, match="unknown embedded model"):
+        base_model.resolve("embedded:llama", gemma_dir.parent)
+
+
+def test_local_dir_with_pickle_weights_is_refused(tmp_path, gemma_tokenizer):
+    gemma_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(BaseModelError, match="no safetensors weights.*pytorch_model.bin"):
+        base_model.resolve(str(tmp_path), tmp_path / "cache")
+
+
+def test_missing_local_path_is_reported(tmp_path):
+    with pytest.raises(BaseModelError, match="does not exist"):
+        base_model.resolve(str(tmp_path / "nope"), tmp_path)
+
+
+def test_unreachable_hub_id_offline_gives_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    source = base_model.resolve("google/medgemma-4b-it", tmp_path)
+    assert source.kind == "hub"
+    with pytest.raises(BaseModelError, match="HF_HUB_OFFLINE=1 is set"):
+        base_model.load_tokenizer(source)
+
+
+def test_tiny_model_loads_with_safetensors_only(tiny_gemma_dir):
+    source = base_model.resolve(str(tiny_gemma_dir), tiny_gemma_dir)
+    model = base_model.load_causal_lm(source)
+    assert model.get_input_embeddings().weight.shape[0] == 262144
+    assert model.config.tie_word_embeddings

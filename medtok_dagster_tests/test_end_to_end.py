@@ -1,0 +1,46 @@
+"""The whole graph, raw corpora → trained adapter, on the sample data with a tiny Gemma 3 and the real tokenizer."""
+
+import json
+
+import dagster as dg
+import duckdb
+import pytest
+
+from medtok_dagster.definitions import build_definitions
+from medtok_dagster.demo import format_report, run_demo
+from medtok_dagster.resources import DUCKDB_FILE, DUCKDB_SCHEMA
+
+pytestmark = pytest.mark.slow
+
+FAST_CONFIG = {
+    "ops": {
+        "tokenizer_variants": {"config": {"budgets": {"dedicated": 1500, "ded_medical": 3000, "ded_med_normal": 5000}}},
+        "tokenizer_efficiency": {"config": {"curve_budgets": [500, 1500, 3000]}},
+        "init_comparison": {"config": {"strategies": ["mean", "hybrid"], "steps": 2, "eval_texts": 16}},
+        "trained_adapter": {"config": {"max_steps": 4, "save_steps": 2, "per_device_batch": 2, "grad_accum": 1, "max_seq_len": 64}},
+    }
+}
+
+
+def test_whole_graph_end_to_end(tmp_path, data_dir, model_dir, tiny_gemma_dir):
+    defs = build_definitions(str(data_dir), str(model_dir), str(tiny_gemma_dir))
+    with dg.DagsterInstance.ephemeral() as instance:
+        report = run_demo(defs, instance, run_config=FAST_CONFIG)
+    print(format_report(report))
+    assert all(passed for _, _, passed in report.checks), report.checks
+    expected = {
+        "special_chars_report", "dedicated_tokens", "medical_corpus", "bpe_medical", "bpe_general", "ngram_candidates",
+        "candidate_tokens", "tokenizer_variants[ded_med_normal]", "tokenizer_efficiency", "token_descriptions[ded_medical]",
+        "initialized_model[embedded|ded_medical]", "init_comparison", "trained_adapter[embedded|ded_medical]",
+    }
+    assert expected <= set(report.materialized), set(report.materialized)
+    with duckdb.connect(str(model_dir / DUCKDB_FILE), read_only=True) as con:
+        efficiency = con.execute(f"select * from {DUCKDB_SCHEMA}.tokenizer_efficiency").df()
+        curve = con.execute(f"select * from {DUCKDB_SCHEMA}.trained_adapter").df()
+    exam = efficiency[(efficiency.text_type == "exam_sentences") & (efficiency.tokenizer == "ded_medical")]
+    assert exam["ratio_vs_base"].iloc[0] > 1.2
+    assert efficiency["round_trip_failures"].sum() == 0
+    assert len(curve) == 4
+    metrics = json.loads((model_dir / "trained" / "embedded" / "ded_medical" / "metrics.json").read_text())
+    assert metrics["steps"] == 4
+    assert (model_dir / "trained" / "embedded" / "ded_medical" / "README.md").exists()
