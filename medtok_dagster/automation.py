@@ -1,4 +1,13 @@
-"""Automation: observe raw sources on a cron so downstream stages can follow real changes."""
+"""Automation: raw sources observed on a cron, cheap stages follow changes, expensive ones wait for their cron.
+
+* Raw sources carry ``cron_tick_passed(MEDTOK_OBSERVE_CRON)`` (default hourly): the automation sensor
+  observes them, and a new data version appears only when names, sizes or mtimes changed.
+* Corpora, vocabularies, tokenizers, efficiency and descriptions are ``eager()``: they follow a
+  changed upstream at once and never run for an unchanged one.
+* The initialised model and the trained adapter wait for ``MEDTOK_MODEL_CRON`` (default 03:00 daily)
+  and then run only if an upstream asset changed since they last ran, so a GPU is never spent on an
+  unchanged graph.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +15,45 @@ import os
 
 import dagster as dg
 
-OBSERVE_CRON = os.environ.get("MEDTOK_OBSERVE_CRON", "0 * * * *")
+CHEAP_GROUPS = ("dedicated", "corpora", "vocab", "tokenizers", "descriptions")
+EXPENSIVE_GROUPS = ("model", "training")
+MANUAL_ASSETS = ("llm_token_descriptions", "init_comparison")
 
 
-def observation_schedule(raw_sources: dg.AssetsDefinition) -> dg.ScheduleDefinition:
-    """Observe every raw input on ``MEDTOK_OBSERVE_CRON`` (default hourly); running by default."""
-    job = dg.define_asset_job("observe_raw_sources_job", selection=dg.AssetSelection.assets(raw_sources))
-    return dg.ScheduleDefinition(
-        name="observe_raw_sources_schedule",
-        job=job,
-        cron_schedule=OBSERVE_CRON,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
+def observe_condition() -> dg.AutomationCondition:
+    """Observe on ``MEDTOK_OBSERVE_CRON`` (default: hourly)."""
+    return dg.AutomationCondition.cron_tick_passed(os.environ.get("MEDTOK_OBSERVE_CRON", "0 * * * *"))
+
+
+def expensive_condition() -> dg.AutomationCondition:
+    """On a ``MEDTOK_MODEL_CRON`` tick (default 03:00 daily), run if any upstream changed since this asset last ran.
+
+    ``on_cron`` is not used: it waits for every parent to update *after* the tick, which suits daily
+    partitions, not a model that should retrain at night when yesterday's corpora changed.
+    """
+    cron = os.environ.get("MEDTOK_MODEL_CRON", "0 3 * * *")
+    changed_since_last_run = dg.AutomationCondition.any_deps_updated().since(
+        dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
+    )
+    return (
+        dg.AutomationCondition.cron_tick_passed(cron)
+        & changed_since_last_run
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label(f"on {cron} if upstream changed")
+
+
+def with_automation(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """Attach the group's automation condition to one asset spec (raw specs keep their own)."""
+    if spec.key.to_user_string() in MANUAL_ASSETS or spec.group_name not in (*CHEAP_GROUPS, *EXPENSIVE_GROUPS):
+        return spec
+    condition = dg.AutomationCondition.eager() if spec.group_name in CHEAP_GROUPS else expensive_condition()
+    return spec.replace_attributes(automation_condition=condition)
+
+
+def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    """The sensor that evaluates every condition; running as soon as the daemon starts."""
+    return dg.AutomationConditionSensorDefinition(
+        "medtok_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30
     )

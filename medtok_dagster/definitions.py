@@ -6,7 +6,7 @@ import dagster as dg
 
 from medtok_dagster import automation, checks
 from medtok_dagster.assets import corpora, dedicated, descriptions, model, tokenizers, training, vocab
-from medtok_dagster.assets.raw import build_raw_sources
+from medtok_dagster.assets.raw import build_corpora_source, observe_raw_files
 from medtok_dagster.resources import PathsResource, build_resources, settings_from_env
 
 OPTIONAL_ASSETS = {"llm_token_descriptions"}
@@ -16,16 +16,14 @@ OPTIONAL_ASSETS = {"llm_token_descriptions"}
 def build_definitions(data_dir: str, model_dir: str, base_model: str) -> dg.Definitions:
     """Definitions for one data directory; corpus assets are discovered from its general corpora."""
     corpus_names = list(PathsResource(data_dir=data_dir, model_dir=model_dir).general_corpus_dirs())
-    raw_sources = build_raw_sources(corpus_names)
-    assets = [
-        raw_sources,
+    stages = [
         *dg.load_assets_from_modules([dedicated, corpora, vocab, tokenizers, descriptions, model, training]),
         corpora.build_general_corpus_sample(corpus_names),
     ]
     return dg.Definitions(
-        assets=assets,
+        assets=[observe_raw_files, build_corpora_source(corpus_names), *dg.map_asset_specs(automation.with_automation, stages)],
         asset_checks=checks.build_checks(),
-        schedules=[automation.observation_schedule(raw_sources)],
+        sensors=[automation.automation_sensor()],
         resources=build_resources(data_dir, model_dir, base_model),
     )
 

@@ -18,7 +18,7 @@ DEFAULT_DATA_DIR = "data"
 DEFAULT_MODEL_DIR = "model"
 DEFAULT_BASE_MODEL = "embedded:gemma3-270m"
 DUCKDB_FILE = "medtok.duckdb"
-DUCKDB_SCHEMA = "medtok"
+DUCKDB_SCHEMA = "stats"
 
 MCQ_DIR = "01_raw/02_kor_med_test"
 MCQ_TRAIN = f"{MCQ_DIR}/train.jsonl"

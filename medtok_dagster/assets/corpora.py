@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from medtok_dagster.assets.dedicated import InputConfig
-from medtok_dagster.assets.raw import corpus_asset_key
+from medtok_dagster.assets.raw import CORPORA_KEY, corpus_partitions
 from medtok_dagster.checks import held_out_questions, leak_check_result
 from medtok_dagster.core import corpus, dictionary
 from medtok_dagster.core.dedicated import MCQ_REQUIRED_FIELDS
@@ -73,9 +73,9 @@ def build_general_corpus_sample(corpora: list[str]) -> dg.AssetsDefinition:
 
     @dg.asset(
         name="general_corpus_sample",
-        partitions_def=dg.StaticPartitionsDefinition(corpora),
+        partitions_def=corpus_partitions(corpora),
         group_name=GROUP,
-        deps=[corpus_asset_key(name) for name in corpora],
+        deps=[CORPORA_KEY],
         kinds={"parquet", "duckdb"},
         code_version=CODE_VERSION,
         metadata={"partition_expr": "corpus"},

@@ -1,15 +1,16 @@
-"""Raw inputs as observed external assets: MCQ splits, dictionary, user tokens, each general corpus.
+"""Raw inputs as observed external assets: MCQ splits, dictionary, user tokens, and the general corpora.
 
 Nothing here reads file contents. Observation versions each source from file names, sizes and
 mtimes, which is what lets automation rerun downstream stages only when a corpus really changed.
+General corpora are one asset, ``korean_corpora``, with one partition per corpus directory, so a
+change to one corpus re-samples exactly that corpus.
 """
-
-from collections.abc import Iterable
 
 import dagster as dg
 
+from medtok_dagster.automation import observe_condition
 from medtok_dagster.core.io import tree_fingerprint
-from medtok_dagster.resources import MCQ_TEST, MCQ_TRAIN, MEDICAL_DICTIONARY, USER_TOKENS, GENERAL_CORPORA_DIR, PathsResource
+from medtok_dagster.resources import GENERAL_CORPORA_DIR, MCQ_TEST, MCQ_TRAIN, MEDICAL_DICTIONARY, USER_TOKENS, PathsResource
 
 RAW_GROUP = "raw"
 FIXED_SOURCES: dict[str, tuple[str, str]] = {
@@ -18,55 +19,49 @@ FIXED_SOURCES: dict[str, tuple[str, str]] = {
     "medical_dictionary": (MEDICAL_DICTIONARY, "Korean medical dictionary: [{term, definition}]."),
     "user_tokens_file": (USER_TOKENS, "User-defined structural tokens, one per line."),
 }
-CORPUS_PREFIX = "korean_"
+CORPORA_KEY = "korean_corpora"
 
 
-def corpus_asset_key(corpus: str) -> dg.AssetKey:
-    """Key of the raw asset for one general corpus directory."""
-    return dg.AssetKey(f"{CORPUS_PREFIX}{corpus}")
+def corpus_partitions(corpora: list[str]) -> dg.StaticPartitionsDefinition:
+    """One partition per general corpus directory (shared by the raw asset and its sample)."""
+    return dg.StaticPartitionsDefinition(corpora)
 
 
-def _relative_path(key: str) -> str:
-    if key in FIXED_SOURCES:
-        return FIXED_SOURCES[key][0]
-    return f"{GENERAL_CORPORA_DIR}/{key[len(CORPUS_PREFIX):]}"
+def _observe(path, key: str) -> dg.ObserveResult:
+    fingerprint = tree_fingerprint(path)
+    return dg.ObserveResult(
+        asset_key=key,
+        data_version=dg.DataVersion(fingerprint.version),
+        metadata={"path": dg.MetadataValue.path(str(path)), "files": fingerprint.files, "bytes": fingerprint.bytes},
+    )
 
 
-def raw_specs(corpora: Iterable[str]) -> list[dg.AssetSpec]:
-    """One spec per raw input; corpus specs are discovered from the data directory at load time."""
-    specs = [
-        dg.AssetSpec(key, description=desc, group_name=RAW_GROUP, kinds={"file"}, metadata={"path": rel})
+@dg.multi_observable_source_asset(
+    specs=[
+        dg.AssetSpec(key, description=desc, group_name=RAW_GROUP, kinds={"file"}, metadata={"path": rel}, automation_condition=observe_condition())
         for key, (rel, desc) in FIXED_SOURCES.items()
-    ]
-    specs += [
-        dg.AssetSpec(
-            corpus_asset_key(name),
-            description=f"General Korean corpus `{name}` (arrow, parquet, jsonl or txt shards).",
-            group_name=RAW_GROUP,
-            kinds={"arrow"},
-            metadata={"path": f"{GENERAL_CORPORA_DIR}/{name}"},
-        )
-        for name in corpora
-    ]
-    return specs
+    ],
+    can_subset=True,
+)
+def observe_raw_files(context: dg.AssetExecutionContext, paths: PathsResource):
+    """Version the MCQ splits, dictionary and user tokens from name, size and mtime."""
+    for key in sorted(k.to_user_string() for k in context.selected_asset_keys):
+        yield _observe(paths.data(FIXED_SOURCES[key][0]), key)
 
 
-def build_raw_sources(corpora: list[str]) -> dg.AssetsDefinition:
-    """The observable multi-asset that versions every raw input from its file fingerprint."""
+def build_corpora_source(corpora: list[str]) -> dg.AssetsDefinition:
+    """The partitioned raw asset of general corpora (one partition per directory under 01_raw/00_korean)."""
 
-    @dg.multi_observable_source_asset(specs=raw_specs(corpora), name="observe_raw_sources", can_subset=True)
-    def observe_raw_sources(context: dg.AssetExecutionContext, paths: PathsResource):
-        for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
-            relative = _relative_path(key.to_user_string())
-            fingerprint = tree_fingerprint(paths.data(relative))
-            yield dg.ObserveResult(
-                asset_key=key,
-                data_version=dg.DataVersion(fingerprint.version),
-                metadata={
-                    "path": dg.MetadataValue.path(str(paths.data(relative))),
-                    "files": dg.MetadataValue.int(fingerprint.files),
-                    "bytes": dg.MetadataValue.int(fingerprint.bytes),
-                },
-            )
+    @dg.multi_observable_source_asset(
+        specs=[
+            dg.AssetSpec(CORPORA_KEY, group_name=RAW_GROUP, kinds={"arrow"}, automation_condition=observe_condition(),
+                         metadata={"path": GENERAL_CORPORA_DIR},
+                         description="General Korean corpora (arrow, parquet, jsonl or txt shards), one partition per directory.")
+        ],
+        partitions_def=corpus_partitions(corpora),
+    )
+    def observe_korean_corpora(context: dg.AssetExecutionContext, paths: PathsResource):
+        """Version one corpus directory from its shards' names, sizes and mtimes."""
+        yield _observe(paths.data(GENERAL_CORPORA_DIR, context.partition_key), CORPORA_KEY)
 
-    return observe_raw_sources
+    return observe_korean_corpora

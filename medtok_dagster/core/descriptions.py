@@ -33,7 +33,9 @@ SUFFIX_RULES: tuple[tuple[str, str], ...] = (
     ("과", "medical department or family"), ("선", "gland or line"), ("관", "duct or vessel"), ("근", "muscle"), ("골", "bone"),
 )
 ENDING_RULES: tuple[tuple[str, str], ...] = (
-    ("습니다", "formal polite verb ending"), ("합니다", "formal polite form of to do"), ("했다", "past tense of to do"),
+    ("습니다", "formal polite verb ending"), ("니다", "formal polite verb ending"), ("하고", "connective form of to do"),
+    ("하며", "connective form of to do"), ("되는", "adnominal passive form"), ("중인", "in progress"), ("할", "adnominal future form of a verb"),
+    ("한", "adnominal past form of a verb"), ("합니다", "formal polite form of to do"), ("했다", "past tense of to do"),
     ("한다", "plain present form of to do"), ("하는", "adnominal form of to do"), ("하여", "connective form of to do"),
     ("된다", "passive form to become"), ("되었다", "past passive form"), ("있다", "to exist or have"), ("없다", "to not exist"),
     ("입니다", "formal copula is"), ("이다", "copula is"), ("다고", "verb phrase or quotation"), ("지만", "connective but"),

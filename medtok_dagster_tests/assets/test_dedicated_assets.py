@@ -15,7 +15,7 @@ TIER1 = dg.load_assets_from_modules([dedicated])
 
 def materialize(data_dir, model_dir, run_config=None, raise_on_error=True):
     return dg.materialize(
-        [*TIER1, *checks.CHECKS],
+        [*TIER1, *checks.build_checks()],
         resources=build_resources(str(data_dir), str(model_dir)),
         run_config=run_config,
         raise_on_error=raise_on_error,
