@@ -31,7 +31,8 @@ def gemma_tokenizer(gemma_dir: Path):
 def data_dir(tmp_path: Path) -> Path:
     """A private copy of the shipped sample data (tests may corrupt it freely)."""
     target = tmp_path / "data"
-    shutil.copytree(SAMPLE_DATA, target, ignore=shutil.ignore_patterns("scripts", "README.md"))
+    generated = ("special_chars_report.json", "dictionary_terms.txt*", "medgemma_*")
+    shutil.copytree(SAMPLE_DATA, target, ignore=shutil.ignore_patterns("scripts", "README.md", *generated))
     return target
 
 
