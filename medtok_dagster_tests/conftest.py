@@ -27,23 +27,30 @@ def gemma_tokenizer(gemma_dir: Path):
     return AutoTokenizer.from_pretrained(gemma_dir)
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    """A private copy of the shipped sample data (tests may corrupt it freely)."""
-    target = tmp_path / "data"
+def copy_sample_data(target: Path) -> Path:
+    """A private copy of the shipped sample data, without outputs a local demo wrote into it."""
     generated = ("special_chars_report.json", "dictionary_terms.txt*", "medgemma_*")
     shutil.copytree(SAMPLE_DATA, target, ignore=shutil.ignore_patterns("scripts", "README.md", *generated))
     return target
 
 
+def empty_model_dir(target: Path) -> Path:
+    """An empty model dir whose base-model cache is shared with the repo's (no reconversion)."""
+    target.mkdir()
+    BASE_CACHE.mkdir(parents=True, exist_ok=True)
+    (target / "base").symlink_to(BASE_CACHE, target_is_directory=True)
+    return target
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """Sample data the test may corrupt freely."""
+    return copy_sample_data(tmp_path / "data")
+
+
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    """An empty model dir whose base-model cache is shared with the repo's (no reconversion)."""
-    target = tmp_path / "model"
-    target.mkdir()
-    (target / "base").symlink_to(BASE_CACHE, target_is_directory=True)
-    BASE_CACHE.mkdir(parents=True, exist_ok=True)
-    return target
+    return empty_model_dir(tmp_path / "model")
 
 
 def make_tiny_gemma(target: Path, tokenizer, vocab_size: int | None = None, tied: bool = True) -> Path:
