@@ -24,6 +24,7 @@ from pathlib import Path
 import duckdb
 from transformers import AutoTokenizer
 
+from medtok_dagster.assets.tokenizers import split_tier1
 from medtok_dagster.core import metrics, tokenizer_build
 from medtok_dagster.core.base_model import ensure_embedded
 from medtok_dagster.core.corpus import read_lines_parquet
@@ -40,13 +41,12 @@ def tables() -> dict:
 
 def build(base, strategy: str, budget: int, out: Path):
     frames = tables()
-    dedicated, candidates = frames["dedicated_tokens"], frames["candidate_tokens"]
-    tier1 = dedicated.loc[dedicated["source"] != "dictionary", "token"].tolist()
-    forced = [tokenizer_build.Candidate(t, "dictionary") for t in dedicated.loc[dedicated["source"] == "dictionary", "token"]]
-    pool = candidates[candidates["tier"] == "medical"]
+    tier1, _, forced, notation = split_tier1(frames["dedicated_tokens"])
+    pool = frames["candidate_tokens"][frames["candidate_tokens"]["tier"] == "medical"]
     units = tokenizer_build.unit_frequencies(read_lines_parquet(MODEL / "corpora" / "medical_corpus.parquet"))
     started = time.perf_counter()
-    plan = tokenizer_build.plan_variant(base, strategy, tier1, forced, [tokenizer_build.Candidate(t, "medical") for t in pool["token"]], units, budget)
+    candidates = notation + [tokenizer_build.Candidate(t, "medical") for t in pool["token"]]
+    plan = tokenizer_build.plan_variant(base, strategy, tier1, forced, candidates, units, budget)
     selection_s = time.perf_counter() - started
     tokenizer_build.build_extended_tokenizer(base, strategy, plan.tier1, plan.selection, plan.merges, out)
     return selection_s

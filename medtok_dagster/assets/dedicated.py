@@ -56,6 +56,20 @@ def special_chars_report(context: dg.AssetExecutionContext, config: InputConfig,
 
 @dg.asset(
     group_name=GROUP,
+    deps=["mcq_train"],
+    kinds={"duckdb"},
+    code_version=CODE_VERSION,
+    description="Unit notation of the train split (mg/dL, mEq/L, ×10³/μL, 회/분) with counts. Train split only.",
+)
+def medical_notation(config: InputConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
+    records, skips = read_jsonl(paths.data(MCQ_TRAIN), dedicated.MCQ_REQUIRED_FIELDS, lenient=config.lenient)
+    counts = dedicated.scan_notation(records)
+    frame = pd.DataFrame(counts.most_common(), columns=["notation", "count"])
+    return dg.Output(frame, metadata={"dagster/row_count": len(frame), "preview": md_table(frame), **skip_metadata(skips)})
+
+
+@dg.asset(
+    group_name=GROUP,
     deps=["user_tokens_file"],
     kinds={"duckdb"},
     code_version=CODE_VERSION,
@@ -123,16 +137,21 @@ def dictionary_terms(dictionary_terms_raw: pd.DataFrame, paths: PathsResource) -
     group_name=GROUP,
     kinds={"duckdb"},
     code_version=CODE_VERSION,
-    description="Tier 1: user tokens + special characters with count ≥ min_count + refined dictionary terms.",
+    description="Tier 1: user tokens + special characters and unit notation with count ≥ min_count + refined dictionary terms.",
 )
 def dedicated_tokens(
-    config: DedicatedConfig, special_chars_report: pd.DataFrame, user_added_tokens: pd.DataFrame, dictionary_terms: pd.DataFrame
+    config: DedicatedConfig,
+    special_chars_report: pd.DataFrame,
+    medical_notation: pd.DataFrame,
+    user_added_tokens: pd.DataFrame,
+    dictionary_terms: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     frame = dedicated.combine_dedicated(
         zip(special_chars_report["char"], special_chars_report["count"]),
         user_added_tokens["token"].tolist(),
         dictionary_terms.loc[dictionary_terms["kept"], "term"].tolist(),
         min_count=config.min_count,
+        notation=zip(medical_notation["notation"], medical_notation["count"]),
     )
     by_source = frame["source"].value_counts().to_dict()
     return dg.Output(

@@ -1,6 +1,5 @@
 """Token descriptions per variant, validated by blocking checks before any model is initialised."""
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -124,11 +123,6 @@ def token_descriptions(context: dg.AssetExecutionContext, config: DescriptionChe
     })
     yield dg.Output(validation_frame(results, variant, context.run_id), output_name="description_validation")
     yield from results
-
-
-def load_reviewed(path: Path) -> list[descriptions.Description]:
-    """Read a reviewed description file back (used by model initialisation)."""
-    return [descriptions.Description(**row) for row in json.loads(path.read_text(encoding="utf-8"))]
 
 
 class LlmDescriberConfig(DescriptionChecksConfig):

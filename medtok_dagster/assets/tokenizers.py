@@ -62,11 +62,18 @@ def training_units(paths: PathsResource, variant: str, medical_share: float) -> 
     return tokenizer_build.mix_units(medical, general, medical_share)
 
 
-def _tier1(dedicated_tokens: pd.DataFrame) -> tuple[list[str], dict[str, str], list[tokenizer_build.Candidate]]:
-    fixed = dedicated_tokens[dedicated_tokens["source"] != "dictionary"]
+def split_tier1(dedicated_tokens: pd.DataFrame) -> tuple[list[str], dict[str, str], list[tokenizer_build.Candidate], list[tokenizer_build.Candidate]]:
+    """Tier 1 by how it enters a tokenizer: verbatim (user tokens, symbols), forced (dictionary), selected (notation)."""
+    fixed = dedicated_tokens[dedicated_tokens["source"].isin(["user", "special_char"])]
     forced = dedicated_tokens[dedicated_tokens["source"] == "dictionary"]
+    notation = dedicated_tokens[dedicated_tokens["source"] == "notation"]
     sources = {token.replace(" ", tokenizer_build.WORD_BOUNDARY): source for token, source in zip(fixed["token"], fixed["source"])}
-    return fixed["token"].tolist(), sources, [tokenizer_build.Candidate(t, "dictionary") for t in forced["token"]]
+    return (
+        fixed["token"].tolist(),
+        sources,
+        [tokenizer_build.Candidate(t, "dictionary") for t in forced["token"]],
+        [tokenizer_build.Candidate(t, "notation") for t in notation["token"]],
+    )
 
 
 @dg.asset(
@@ -89,9 +96,9 @@ def tokenizer_variants(
     variant = context.partition_key
     base = base_model.load_tokenizer()
     units = training_units(paths, variant, config.medical_share)
-    tier1, tier1_sources, forced = _tier1(dedicated_tokens)
+    tier1, tier1_sources, forced, notation = split_tier1(dedicated_tokens)
     pool = candidate_tokens[candidate_tokens["tier"].isin(VARIANT_TIERS[variant])]
-    candidates = [tokenizer_build.Candidate(t, tier) for t, tier in zip(pool["token"], pool["tier"])]
+    candidates = notation + [tokenizer_build.Candidate(t, tier) for t, tier in zip(pool["token"], pool["tier"])]
     started = time.monotonic()
     plan = tokenizer_build.plan_variant(
         base, config.strategy, tier1, forced, candidates, units, config.budgets[variant],

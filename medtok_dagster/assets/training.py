@@ -15,7 +15,7 @@ from medtok_dagster.resources import MEDICAL_CORPUS_PARQUET, BaseModelResource, 
 
 GROUP = "training"
 CODE_VERSION = "1"
-HELDOUT_LINES = 200
+HELDOUT_LINES = 64
 
 
 class TrainConfig(dg.Config):
@@ -45,7 +45,7 @@ def heldout_lines(paths: PathsResource) -> list[str]:
     code_version=CODE_VERSION,
     pool="gpu",
     deps=["initialized_model", "medical_corpus", dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping())],
-    metadata={"partition_expr": "partition"},
+    metadata={"partition_expr": {"variant": "variant", "profile": "profile"}},
     description="Phase-0 LoRA + new-row training on plain Korean text (Pipes subprocess); resumable; adapter + model card; loss curve table.",
 )
 def trained_adapter(
@@ -77,7 +77,8 @@ def trained_adapter(
         command=[sys.executable, "-m", "medtok_dagster.pipes.train_adapter"], context=context, extras={"plan": plan.__dict__}
     ).get_materialize_result()
     curve = pd.DataFrame(json.loads((output_dir / "loss_curve.json").read_text()))
-    curve.insert(0, "partition", str(context.partition_key))
+    curve.insert(0, "profile", profile)
+    curve.insert(0, "variant", variant)
     reported = {k: v for k, v in result.metadata.items()}
 
     def draw(ax):

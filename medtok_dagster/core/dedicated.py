@@ -7,7 +7,9 @@ Only the train split is scanned: the test split must never shape the vocabulary.
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,9 +123,13 @@ def load_user_tokens(path: Path, lenient: bool = False) -> tuple[list[str], Skip
 
 
 def combine_dedicated(
-    special_chars: Iterable[tuple[str, int]], user_tokens: Sequence[str], dictionary_terms: Sequence[str], min_count: int = 3
+    special_chars: Iterable[tuple[str, int]],
+    user_tokens: Sequence[str],
+    dictionary_terms: Sequence[str],
+    min_count: int = 3,
+    notation: Iterable[tuple[str, int]] = (),
 ) -> pd.DataFrame:
-    """Tier 1 in priority order: user tokens, frequent special characters, refined dictionary terms.
+    """Tier 1 in priority order: user tokens, frequent special characters and unit notation, dictionary terms.
 
     A string that appears in several sources is kept once, under the first source, and the others
     are listed in ``also_in`` so the overlap is visible instead of silently deduplicated.
@@ -141,8 +147,28 @@ def combine_dedicated(
     for char, count in special_chars:
         if count >= min_count:
             add(char, "special_char", int(count))
+    for unit, count in notation:
+        if count >= min_count:
+            add(unit, "notation", int(count))
     for term in dictionary_terms:
         add(term, "dictionary", None)
     frame = pd.DataFrame(list(rows.values()), columns=["token", "source", "count", "also_in"])
     frame["count"] = frame["count"].astype("Int64")
     return frame
+
+
+UNIT_SEGMENT = r"(?:[A-Za-zμµ℃%]+|[가-힣])"
+NOTATION_RE = re.compile(rf"(?:×10[³²⁴⁵⁶⁹]|[³²])?{UNIT_SEGMENT}?(?:/{UNIT_SEGMENT})+")
+
+
+def scan_notation(records: Iterable[JsonlRecord], fields: Sequence[str] = MCQ_TEXT_FIELDS) -> Counter[str]:
+    """Unit notation of exam text with counts: ``mg/dL``, ``mEq/L``, ``/μL``, ``×10³/μL``, ``회/분``.
+
+    Gemma spells these out piece by piece (``m``, ``Eq``, ``/``, ``L``) in every lab value, so the
+    frequent ones are offered to selection, which decides between their bare and ``▁`` forms.
+    """
+    counts: Counter[str] = Counter()
+    for record in records:
+        for _, text in mcq_texts(record.data, fields):
+            counts.update(match for match in NOTATION_RE.findall(text) if len(match) >= 2)
+    return counts

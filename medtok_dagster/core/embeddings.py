@@ -10,7 +10,7 @@ rows initialised the same way from its own output matrix, never left random.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,7 +139,3 @@ def apply_init_loop(model: Any, tokens: Sequence[NewToken], base_tokenizer: Any,
         ids = [i for i in base_tokenizer.encode(token.description, add_special_tokens=False) if i < base_len]
         embedding[token.token_id] = embedding[ids].mean(dim=0) if ids else mean
 
-
-def descriptions_by_token(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, str]]:
-    """Reviewed description rows → ``token: (description, method)``."""
-    return {r["token"]: (r["description"], r["method"]) for r in rows}

@@ -114,7 +114,7 @@ class LossReport:
     chars: int
 
 
-def heldout_loss(model: Any, tokenizer: Any, texts: Sequence[str], max_len: int = 256, batch_size: int = 8) -> LossReport:
+def heldout_loss(model: Any, tokenizer: Any, texts: Sequence[str], max_len: int = 128, batch_size: int = 4) -> LossReport:
     """Mean next-token NLL over ``texts``; bits per character lets base and extended tokenizers compare."""
     import math
 

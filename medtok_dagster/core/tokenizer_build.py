@@ -35,6 +35,7 @@ import pandas as pd
 from medtok_dagster.core.text import WORD_BOUNDARY, has_hangul
 
 STRATEGIES = ("added_tokens", "bpe_merge")
+SENTENCE_MARKS = (".", "?", ",")
 MAX_FORM_CHARS = 16
 
 
@@ -65,6 +66,20 @@ def forms_of(surface: str) -> tuple[str, str]:
     """The bare and the word-initial (``▁``) form of a candidate surface string."""
     bare = surface.removeprefix(WORD_BOUNDARY)
     return bare, WORD_BOUNDARY + bare
+
+
+def selectable_forms(candidate: Candidate) -> list[str]:
+    """Every form the greedy may pick for a candidate.
+
+    Besides the bare and ``▁`` forms, a Hangul word may carry the sentence punctuation it nearly
+    always has in exam text (``▁왔다.``, ``▁진단은?``): Gemma spends a separate token on it, and
+    measured savings decide whether the longer form is worth a vocabulary slot.
+    """
+    bare, initial = forms_of(candidate.surface)
+    forms = [bare, initial]
+    if has_hangul(bare[-1:]):
+        forms += [form + mark for form in (bare, initial) for mark in SENTENCE_MARKS]
+    return forms
 
 
 class BasePieces:
@@ -330,10 +345,10 @@ def candidate_forms(candidates: Sequence[Candidate], base_vocab: dict[str, int],
     forms: dict[str, Candidate] = {}
     in_base = 0
     for candidate in candidates:
-        for form in forms_of(candidate.surface):
+        for form in selectable_forms(candidate):
             if form in base_vocab:
                 in_base += 1
-            elif form not in taken and form not in forms and has_hangul(form):
+            elif form not in taken and form not in forms and (has_hangul(form) or candidate.source == "notation"):
                 forms[form] = candidate
     return forms, in_base
 

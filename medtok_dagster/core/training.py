@@ -203,7 +203,7 @@ def training_arguments(plan: TrainPlan, lora: LoraProfile) -> Any:
         per_device_train_batch_size=plan.per_device_batch or lora.per_device_batch,
         gradient_accumulation_steps=plan.grad_accum or lora.grad_accum,
         learning_rate=lora.learning_rate,
-        warmup_ratio=lora.warmup_ratio,
+        warmup_steps=lora.warmup_ratio,
         lr_scheduler_type="cosine",
         weight_decay=lora.weight_decay,
         max_grad_norm=lora.max_grad_norm,

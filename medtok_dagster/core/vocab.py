@@ -146,36 +146,41 @@ def _duckdb_session(threads: int) -> Iterator[duckdb.DuckDBPyConnection]:
             con.close()
 
 
-def _create_run_occurrences(con: duckdb.DuckDBPyConnection, min_n: int) -> None:
-    """``run_occurrences``: one row per Hangul run of every line, and whether the run opens a word.
+def _create_run_matches(con: duckdb.DuckDBPyConnection, min_n: int) -> None:
+    """``run_matches``: one row per Hangul run of every line, matched together with the character before it.
 
-    The regex takes a run together with the one character before it, so a single pass tells
-    whether the run opens a word: the match starts with a syllable only at the start of a line,
-    otherwise its first character is whitespace (word start) or something else (mid-word). Runs
-    shorter than ``min_n`` hold no n-gram and are not extracted. NFC is applied only to lines with
-    conjoining jamo, the only characters NFC turns into, or merges with, a Hangul syllable; on the
-    other lines it could change nothing that decides a run or whether it opens a word.
+    Keeping that character tells, later and once per distinct match, whether the run opens a
+    word, so the per-occurrence work is the regex alone. Runs shorter than ``min_n`` hold no
+    n-gram and are not extracted. NFC is applied only to lines with conjoining jamo, the only
+    characters NFC turns into, or merges with, a Hangul syllable; on the other lines it could
+    change nothing that decides a run or whether it opens a word.
     """
     text = f"CASE WHEN regexp_matches(text, '[{_CONJOINING_JAMO}]') THEN nfc_normalize(text) ELSE text END"
-    con.execute(f"""
-        CREATE TEMP TABLE run_occurrences AS
-        SELECT line_id,
-               CASE WHEN lead_is_syllable THEN m ELSE substring(m, 2) END AS run,
-               lead_is_syllable OR lead IN ({_WHITESPACE_CODES}) AS opens_word
-        FROM (
-            SELECT line_id, m, unicode(m) AS lead, unicode(m) BETWEEN {_FIRST_SYLLABLE} AND {_LAST_SYLLABLE} AS lead_is_syllable
-            FROM (SELECT line_id, unnest(regexp_extract_all({text}, '[^{HANGUL_SYLLABLES}]?[{HANGUL_SYLLABLES}]{{{min_n},}}')) AS m
-                  FROM corpus_lines)
-        )
-    """)
+    pattern = f"[^{HANGUL_SYLLABLES}]?[{HANGUL_SYLLABLES}]{{{min_n},}}"
+    con.execute(f"CREATE TEMP TABLE run_matches AS SELECT line_id, unnest(regexp_extract_all({text}, '{pattern}')) AS match FROM corpus_lines")
 
 
 def _create_runs(con: duckdb.DuckDBPyConnection) -> None:
-    """``runs``: distinct runs with totals. Korean words repeat heavily, so n-grams are cut from these, not from lines."""
+    """``match_runs`` (distinct match → run, opens a word?) and ``runs`` (distinct runs with totals).
+
+    A match starts with a syllable only at the start of a line (the regex takes the character
+    before a run whenever there is one), so it opens a word when it starts with a syllable or
+    with whitespace, and anything else means mid-word. Korean words repeat heavily, so n-grams
+    are cut from the distinct runs, never from lines.
+    """
+    con.execute(f"""
+        CREATE TEMP TABLE match_runs AS
+        SELECT match, CASE WHEN lead_is_syllable THEN match ELSE substring(match, 2) END AS run,
+               lead_is_syllable OR lead IN ({_WHITESPACE_CODES}) AS opens_word, occurrences
+        FROM (SELECT match, unicode(match) AS lead, lead BETWEEN {_FIRST_SYLLABLE} AND {_LAST_SYLLABLE} AS lead_is_syllable,
+                     count(*) AS occurrences
+              FROM run_matches GROUP BY match)
+    """)
     con.execute("""
         CREATE TEMP TABLE runs AS
-        SELECT run, length(run) AS run_length, count(*) AS occurrences, count(*) FILTER (WHERE opens_word) AS word_initial
-        FROM run_occurrences GROUP BY run
+        SELECT run, length(run) AS run_length, sum(occurrences) AS occurrences,
+               coalesce(sum(occurrences) FILTER (WHERE opens_word), 0) AS word_initial
+        FROM match_runs GROUP BY run
     """)
 
 
@@ -207,12 +212,14 @@ def _create_line_ngram_ids(con: duckdb.DuckDBPyConnection) -> None:
     per-line work on integers, and leaves substring generation to the few distinct runs.
     """
     con.execute("""
-        CREATE TEMP TABLE run_ngram_ids AS
-        SELECT run, list(DISTINCT ngram_id) AS ids FROM run_ngrams JOIN ngrams USING (ngram) GROUP BY run
+        CREATE TEMP TABLE match_ngram_ids AS
+        SELECT match, ids
+        FROM match_runs
+        JOIN (SELECT run, list(DISTINCT ngram_id) AS ids FROM run_ngrams JOIN ngrams USING (ngram) GROUP BY run) USING (run)
     """)
     con.execute("""
         CREATE TEMP TABLE line_ngram_ids AS
-        SELECT flatten(list(ids)) AS ids FROM run_occurrences JOIN run_ngram_ids USING (run) GROUP BY line_id
+        SELECT flatten(list(ids)) AS ids FROM run_matches JOIN match_ngram_ids USING (match) GROUP BY line_id
     """)
 
 
@@ -261,7 +268,7 @@ def count_hangul_ngrams(
     lines = _lines_table(source)
     with _duckdb_session(threads or os.cpu_count() or 1) as con:
         con.register("corpus_lines", lines)
-        _create_run_occurrences(con, min_n)
+        _create_run_matches(con, min_n)
         _create_runs(con)
         _create_run_ngrams(con, min_n, max_n)
         _create_ngrams(con, min_count)

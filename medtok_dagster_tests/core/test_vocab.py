@@ -70,6 +70,11 @@ def test_min_count_and_empty_input(count):
     assert list(empty.columns) == list(vocab.NGRAM_COLUMNS) and empty.empty
 
 
+def test_every_separator_of_str_split_is_below_u3001():
+    # count_hangul_ngrams lists whitespace code points up to U+3000 only.
+    assert not any(chr(cp).isspace() for cp in range(0x3001, 0x110000))
+
+
 def test_rejects_bad_ranges():
     with pytest.raises(ValueError):
         vocab.count_hangul_ngrams(FIXTURE, min_n=3, max_n=2)
