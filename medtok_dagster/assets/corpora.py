@@ -89,7 +89,7 @@ def build_general_corpus_sample(corpora: list[str]) -> dg.AssetsDefinition:
             paths.data(GENERAL_CORPORA_DIR, name), config.n_lines, seed=config.seed, text_column=config.text_column,
             lenient=config.lenient, progress=lambda shards, lines: context.log.info("%s: %d shards, %d lines read", name, shards, lines),
         )
-        train, heldout = corpus.split_heldout(sample.lines, config.heldout_permille)
+        train, heldout = corpus.split_heldout_arrow(sample.lines, config.heldout_permille)
         out = corpus.write_lines_parquet(train, paths.model(GENERAL_SAMPLE_DIR, f"{name}.parquet"))
         corpus.write_lines_parquet(heldout, paths.model(GENERAL_SAMPLE_DIR, f"{name}.heldout.parquet"))
         summary = pd.DataFrame(
@@ -100,7 +100,7 @@ def build_general_corpus_sample(corpora: list[str]) -> dg.AssetsDefinition:
                 "lines_seen": sample.lines_seen,
                 "sampled": len(train),
                 "heldout": len(heldout),
-                "chars": sum(len(line) for line in train),
+                "chars": corpus.line_chars(train),
                 "skipped": sample.skips.total,
             }]
         )
@@ -113,10 +113,10 @@ def build_general_corpus_sample(corpora: list[str]) -> dg.AssetsDefinition:
                 "heldout": len(heldout),
                 "text_column": sample.text_column,
                 "shards": md_table(pd.DataFrame([vars(s) for s in sample.shards]).astype(str)),
-                "preview": md_table(pd.DataFrame({"text": train[:10]})),
+                "preview": md_table(pd.DataFrame({"text": train.slice(0, 10).to_pylist()})),
                 **skip_metadata(sample.skips),
             },
         )
-        yield leak_check_result(held_out_questions(paths), iter(train), f"general_corpus_sample[{name}]")
+        yield leak_check_result(held_out_questions(paths), corpus.iter_lines(train), f"general_corpus_sample[{name}]")
 
     return general_corpus_sample

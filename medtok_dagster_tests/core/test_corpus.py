@@ -197,6 +197,15 @@ def test_sample_equals_reservoir_sample_over_the_streamed_lines(mixed_corpus, n)
     assert sample.lines.type == pa.large_string() and sample.lines.null_count == 0
 
 
+def test_sample_is_the_same_whatever_the_matching_batch(mixed_corpus, monkeypatch):
+    whole = sample_corpus(mixed_corpus, 300, seed=5)
+    monkeypatch.setattr(corpus, "_FINISH_BYTES", 100)
+    batched = sample_corpus(mixed_corpus, 300, seed=5)
+    assert batched.lines.to_pylist() == whole.lines.to_pylist()
+    assert batched.lines.num_chunks > 1
+    assert "앞뒤 공백과 탭이 있는 줄" in batched.lines.to_pylist()  # normalised in Python, put back in place
+
+
 def test_lines_seen_and_shard_stats_count_every_line(mixed_corpus):
     calls = []
     sample = sample_corpus(mixed_corpus, 50, seed=1, progress=lambda done, seen: calls.append((done, seen)))
