@@ -22,7 +22,7 @@ DEMO_MODEL_PARTITIONS = {"variant": "ded_medical", "profile": "embedded"}
 """Model and training stages run for one variant × profile in the demo (CPU time); the UI can run the rest."""
 DEMO_RUN_CONFIG = {
     "ops": {
-        "init_comparison": {"config": {"steps": 10, "eval_texts": 32}},
+        "init_comparison": {"config": {"steps": 6, "eval_texts": 16}},
         "trained_adapter": {"config": {"max_steps": 40, "save_steps": 10, "per_device_batch": 4, "grad_accum": 1}},
     }
 }

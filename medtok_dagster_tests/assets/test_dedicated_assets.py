@@ -45,7 +45,8 @@ def test_tier1_materializes_with_files_tables_and_passing_checks(data_dir, model
     assert terms.loc[~terms["kept"], "reason"].notna().all()
     tokens = table(model_dir, "dedicated_tokens")
     assert tokens["token"].is_unique
-    assert set(tokens["source"]) == {"user", "special_char", "dictionary"}
+    assert set(tokens["source"]) == {"user", "special_char", "notation", "dictionary"}
+    assert {"mg/dL", "mEq/L", "회/분"} <= set(tokens.loc[tokens["source"] == "notation", "token"])
     assert len(table(model_dir, "user_added_tokens")) == 17
 
 
@@ -69,7 +70,8 @@ def test_lenient_mode_counts_skips_in_metadata(data_dir, model_dir):
     train = data_dir / "01_raw" / "02_kor_med_test" / "train.jsonl"
     with train.open("ab") as handle:
         handle.write(b'{"question": "broken"\n' + '{"question": "환자"}\n'.encode("cp949"))
-    result = materialize(data_dir, model_dir, run_config={"ops": {"special_chars_report": {"config": {"lenient": True}}}})
+    lenient = {"config": {"lenient": True}}
+    result = materialize(data_dir, model_dir, run_config={"ops": {"special_chars_report": lenient, "medical_notation": lenient}})
     meta = result.asset_materializations_for_node("special_chars_report")[0].metadata
     assert meta["skipped_records"].value == 2
 
