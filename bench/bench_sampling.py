@@ -319,7 +319,7 @@ def main() -> None:
     parser.add_argument("--gb", type=float, default=1.0, help="size of the larger corpus; half of it is measured too")
     parser.add_argument("--n-lines", type=int, default=1_000_000, help="sample size passed to sample_corpus")
     parser.add_argument("--shard-mb", type=int, default=500, help="max_shard_size for save_to_disk (its default)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp-dir", default=None, help="where to build the corpora (default: system temp)")
     print(json.dumps(run(parser.parse_args()), indent=2))

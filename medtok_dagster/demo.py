@@ -135,6 +135,7 @@ def main() -> int:
     home = Path(settings["model_dir"]).resolve() / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(home))
+    os.environ.setdefault("MPLCONFIGDIR", str(home.parent / ".cache" / "matplotlib"))
     defs = build_definitions(**settings)
     with dg.DagsterInstance.get() as instance:
         report = run_demo(defs, instance, run_config=DEMO_RUN_CONFIG)

@@ -71,7 +71,7 @@ _NORMALIZATION_SCAN = (range(0x20000), range(0x2F800, 0x2FA20), range(0xE0000, 0
 # Hangul vowel and trailing jamo compose with what precedes them by rule, not by a decomposition table.
 _COMPOSING_JAMO = (range(0x1161, 0x1176), range(0x11A8, 0x11C3))
 _BATCH_LINES = 1 << 16
-_FINISH_BYTES = 16 << 20
+_FINISH_BYTES = 4 << 20
 _PLAN_BLOCK = 1 << 14
 _NEVER = float(2**62)
 _COMPACT_FACTOR = 1.5
@@ -972,8 +972,11 @@ def heldout_buckets(lines: ArrowLines) -> np.ndarray:
 def split_heldout_arrow(lines: ArrowLines, permille: int) -> tuple[ArrowLines, ArrowLines]:
     """:func:`split_heldout` for an Arrow string array: the same ``(train, held-out)`` split, in Arrow.
 
-    Each part keeps the input's order and kind (array or chunked array); see :func:`heldout_buckets`.
+    Each part keeps the input's order and kind (array or chunked array) and its type, except that
+    string views come back as ``large_string`` (Arrow cannot filter views); see :func:`heldout_buckets`.
     """
+    if pa.types.is_string_view(lines.type):
+        lines = lines.cast(pa.large_string())
     heldout = heldout_buckets(lines) < permille
     return pc.filter(lines, ~heldout), pc.filter(lines, heldout)
 

@@ -11,7 +11,7 @@ from medtok_dagster.checks import build_checks
 from medtok_dagster.resources import DUCKDB_FILE, DUCKDB_SCHEMA, PathsResource, build_resources
 from medtok_dagster_tests.conftest import copy_sample_data, empty_model_dir
 
-UNPARTITIONED = ["special_chars_report", "user_added_tokens", "dictionary_terms_raw", "dictionary_terms", "dedicated_tokens", "medical_corpus",
+UNPARTITIONED = ["special_chars_report", "medical_notation", "user_added_tokens", "dictionary_terms_raw", "dictionary_terms", "dedicated_tokens", "medical_corpus",
                  "bpe_medical", "bpe_general", "ngram_candidates", "medical_tokens", "general_tokens", "candidate_tokens"]
 
 

@@ -352,7 +352,7 @@ def test_write_lines_parquet_takes_arrow_arrays(tmp_path):
         write_lines_parquet(pa.array([1, 2]), tmp_path / "x.parquet")
 
 
-def test_split_heldout_arrow_equals_split_heldout(tmp_path):
+def test_split_heldout_arrow_equals_split_heldout():
     lines = [f"{i}번째 줄입니다 {'가' * (i % 300)}" for i in range(20_000)] + ["", "😀 이모지", "e\u0301", "a" * 5000]
     for permille in (0, 20, 500, 1000):
         train, heldout = split_heldout(lines, permille)
@@ -364,7 +364,10 @@ def test_split_heldout_arrow_equals_split_heldout(tmp_path):
     assert 0 < len(heldout) < len(lines) * 0.04
     sliced = pa.array(lines, pa.large_string()).slice(100, 500)
     assert split_heldout_arrow(sliced, 20)[1].to_pylist() == split_heldout(lines[100:600], 20)[1]
+    views = split_heldout_arrow(pa.array(lines, pa.string_view()), 20)
+    assert [part.to_pylist() for part in views] == [train, heldout] and views[0].type == pa.large_string()
     assert len(heldout_buckets(pa.array([], pa.string()))) == 0
+    assert [len(part) for part in split_heldout_arrow(pa.chunked_array([], pa.large_string()), 20)] == [0, 0]
     with pytest.raises(ValueError, match="nulls"):
         heldout_buckets(pa.array(["가", None]))
 
