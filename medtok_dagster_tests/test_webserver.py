@@ -14,7 +14,7 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 pytestmark = pytest.mark.slow
 
-TIER1 = ["special_chars_report", "user_added_tokens", "dictionary_terms_raw", "dictionary_terms", "dedicated_tokens"]
+TIER1 = ["special_chars_report", "medical_notation", "user_added_tokens", "dictionary_terms_raw", "dictionary_terms", "dedicated_tokens"]
 CHECKS_QUERY = """
 query Checks($key: AssetKeyInput!) {
   assetNodeOrError(assetKey: $key) {
