@@ -23,7 +23,7 @@ DEMO_MODEL_PARTITIONS = {"variant": "ded_medical", "profile": "embedded"}
 DEMO_RUN_CONFIG = {
     "ops": {
         "init_comparison": {"config": {"steps": 6, "eval_texts": 16}},
-        "trained_adapter": {"config": {"max_steps": 40, "save_steps": 10, "per_device_batch": 4, "grad_accum": 1}},
+        "trained_adapter": {"config": {"max_steps": 12, "save_steps": 4, "per_device_batch": 2, "grad_accum": 1, "max_seq_len": 64}},
     }
 }
 """CPU-sized settings for the embedded 270M model; the asset defaults are the full-size ones."""
