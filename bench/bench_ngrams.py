@@ -14,7 +14,8 @@ platform's corpus samples. Both implementations then start from that file:
 * ``duckdb``: ``count_hangul_ngrams(path)``.
 
 The two alternate ``--repeats`` times and the fastest run of each counts, because the machine may
-be shared; every run is listed under ``runs``. ``identical_counts`` is true when the two frames
+be shared; every run is listed under ``runs`` with its wall and CPU seconds (DuckDB's threads
+included), and the load average before and after is recorded. ``identical_counts`` is true when the two frames
 are equal, row for row. One JSON object goes to stdout, progress to stderr. Target: ``speedup``
 (python / duckdb) >= 10.
 """
@@ -26,6 +27,7 @@ import json
 import os
 import platform
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -121,7 +123,7 @@ def corpus_sentences(root: Path, limit: int) -> list[str]:
     """Hangul sentences from every ``save_to_disk`` corpus under ``root`` (all splits), at most ``limit``."""
     if not root.is_dir():
         return []
-    from datasets import Dataset, DatasetDict, load_from_disk
+    from datasets import DatasetDict, load_from_disk
 
     sentences: list[str] = []
     for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -130,7 +132,7 @@ def corpus_sentences(root: Path, limit: int) -> list[str]:
         except (FileNotFoundError, ValueError) as exc:
             log(f"skipping {directory.name}: {exc}")
             continue
-        splits = list(loaded.values()) if isinstance(loaded, DatasetDict) else [loaded] if isinstance(loaded, Dataset) else []
+        splits = list(loaded.values()) if isinstance(loaded, DatasetDict) else [loaded]
         for split in splits:
             for column in _hangul_columns(split):
                 for text in split[column]:
@@ -149,7 +151,7 @@ def build_lines(sentences: list[str], megabytes: float, seed: int) -> list[str]:
     while size < target:
         line = " ".join(rng.choices(sentences, k=rng.randint(1, 4)))
         lines.append(line)
-        size += len(line.encode("utf-8")) + 1
+        size += len(line.encode("utf-8"))
     return lines
 
 
@@ -158,10 +160,17 @@ def run_python(path: Path) -> pd.DataFrame:
     return count_hangul_ngrams_python(lines)
 
 
-def timed(fn: Callable[[], pd.DataFrame]) -> tuple[float, pd.DataFrame]:
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """User + system time of this process, DuckDB's worker threads included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(fn: Callable[[], pd.DataFrame]) -> tuple[dict[str, float], pd.DataFrame]:
+    """Wall and CPU seconds of one run: on a shared machine the CPU time shows the work itself."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
     frame = fn()
-    return time.perf_counter() - start, frame
+    return {"wall_s": round(time.perf_counter() - wall, 3), "cpu_s": round(cpu_seconds() - cpu, 3)}, frame
 
 
 def frames_identical(left: pd.DataFrame, right: pd.DataFrame) -> bool:
@@ -191,6 +200,29 @@ def machine() -> dict[str, Any]:
     }
 
 
+def write_corpus(path: Path, megabytes: float, seed: int) -> dict[str, Any]:
+    """Write the benchmark corpus as a zstd parquet ``text`` column and describe it."""
+    sentences = corpus_sentences(RAW_KOREAN, MAX_SENTENCES)
+    source = f"{RAW_KOREAN.relative_to(REPO)} ({len(sentences)} sentences)" if sentences else f"built-in ({len(BUILTIN_SENTENCES)} sentences)"
+    lines = build_lines(sentences or BUILTIN_SENTENCES, megabytes, seed)
+    pq.write_table(pa.table({"text": pa.array(lines, pa.large_string())}), path, compression="zstd")
+    text_mb = sum(len(line.encode("utf-8")) for line in lines) / 1e6
+    log(f"{len(lines):,} lines, {text_mb:.1f} MB from {source}")
+    return {"text_mb": round(text_mb, 1), "lines": len(lines), "source": source}
+
+
+def measure(path: Path, repeats: int) -> tuple[dict[str, list[dict[str, float]]], dict[str, pd.DataFrame]]:
+    """Alternate the two implementations ``repeats`` times; return every run and the last frames."""
+    runs: dict[str, list[dict[str, float]]] = {"python": [], "duckdb": []}
+    frames: dict[str, pd.DataFrame] = {}
+    for repeat in range(repeats):
+        for name, fn in (("python", lambda: run_python(path)), ("duckdb", lambda: count_hangul_ngrams(path))):
+            run, frames[name] = timed(fn)
+            runs[name].append(run)
+            log(f"run {repeat + 1}/{repeats} {name}: {run['wall_s']:.2f} s wall, {run['cpu_s']:.2f} s CPU")
+    return runs, frames
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=100.0, help="megabytes of Korean text to build (default 100)")
@@ -199,40 +231,22 @@ def main() -> None:
     args = parser.parse_args()
 
     info = machine()
-    sentences = corpus_sentences(RAW_KOREAN, MAX_SENTENCES)
-    source = f"{RAW_KOREAN.relative_to(REPO)} ({len(sentences)} sentences)" if sentences else f"built-in ({len(BUILTIN_SENTENCES)} sentences)"
-    lines = build_lines(sentences or BUILTIN_SENTENCES, args.mb, args.seed)
-    text_bytes = sum(len(line.encode("utf-8")) for line in lines)
-    line_count = len(lines)
-    log(f"{line_count:,} lines, {text_bytes / 1e6:.1f} MB from {source}")
-
     with tempfile.TemporaryDirectory(prefix="bench-ngrams-") as tmp:
         path = Path(tmp) / "lines.parquet"
-        pq.write_table(pa.table({"text": pa.array(lines, pa.large_string())}), path, compression="zstd")
-        del lines
-        runs: dict[str, list[float]] = {"python": [], "duckdb": []}
-        frames: dict[str, pd.DataFrame] = {}
-        for repeat in range(args.repeats):
-            for name, fn in (("python", lambda: run_python(path)), ("duckdb", lambda: count_hangul_ngrams(path))):
-                seconds, frames[name] = timed(fn)
-                runs[name].append(round(seconds, 3))
-                log(f"run {repeat + 1}/{args.repeats} {name}: {seconds:.2f} s")
-
-    python_s, duckdb_s = min(runs["python"]), min(runs["duckdb"])
-    speedup = python_s / duckdb_s
+        corpus = write_corpus(path, args.mb, args.seed)
+        runs, frames = measure(path, args.repeats)
+    python_s, duckdb_s = (min(run["wall_s"] for run in runs[name]) for name in ("python", "duckdb"))
     report = {
-        "text_mb": round(text_bytes / 1e6, 1),
-        "lines": line_count,
-        "source": source,
+        **corpus,
         "ngrams": len(frames["duckdb"]),
         "ngram_occurrences": int(frames["duckdb"]["count"].sum()),
         "identical_counts": frames_identical(frames["python"], frames["duckdb"]),
         "python_s": round(python_s, 2),
         "duckdb_s": round(duckdb_s, 2),
-        "speedup": round(speedup, 1),
-        "meets_target": speedup >= SPEEDUP_TARGET,
+        "speedup": round(python_s / duckdb_s, 1),
+        "meets_target": python_s / duckdb_s >= SPEEDUP_TARGET,
         "runs": runs,
-        "machine": info,
+        "machine": {**info, "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
     }
     print(json.dumps(report, ensure_ascii=False, indent=2))
 

@@ -42,8 +42,8 @@ _FIRST_SYLLABLE, _LAST_SYLLABLE = ord(HANGUL_SYLLABLES[0]), ord(HANGUL_SYLLABLES
 # Conjoining jamo (not the compatibility jamo of text.HANGUL_JAMO): the only characters NFC composes
 # into Hangul syllables.
 _CONJOINING_JAMO = "\u1100-\u11ff\ua960-\ua97f\ud7b0-\ud7ff"
-# DuckDB hands a registered Arrow table to its threads batch by batch; corpus samples are written
-# as one parquet row group, so they are read in batches of this size (smaller ones cost overhead).
+# Rows per Arrow batch handed to DuckDB: much smaller batches cost per-batch overhead, one batch for
+# a whole sample (corpus samples are a single parquet row group) would leave threads idle.
 _BATCH_ROWS = 65536
 _ENCODE_BATCH_LINES = 10_000
 # Above this many n-gram ids in one line, a hash (list_distinct) beats the quadratic first-position scan.
@@ -53,6 +53,7 @@ NgramSource = str | os.PathLike[str] | Sequence[os.PathLike[str]] | Iterable[str
 
 
 def _check_ngram_range(min_n: int, max_n: int, min_count: int) -> None:
+    """Reject parameters that would silently return nothing, the same way in both implementations."""
     if not 1 <= min_n <= max_n:
         raise ValueError(f"need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
     if min_count < 1:
@@ -118,6 +119,7 @@ def _parquet_batches(paths: Sequence[Path]) -> Iterator[pa.RecordBatch]:
 
 
 def _numbered_batch(texts: pa.Array, first_id: int) -> pa.RecordBatch:
+    """``(line_id, text)``: document frequency is per line, so every line needs an id of its own."""
     ids = pa.array(np.arange(first_id, first_id + len(texts), dtype=np.int64))
     return pa.record_batch([ids, texts.cast(pa.large_string())], names=["line_id", TEXT_COLUMN])
 
@@ -161,7 +163,7 @@ def _create_run_matches(con: duckdb.DuckDBPyConnection, min_n: int) -> None:
 
 
 def _create_runs(con: duckdb.DuckDBPyConnection) -> None:
-    """``match_runs`` (distinct match → run, opens a word?) and ``runs`` (distinct runs with totals).
+    """``matches`` (distinct match → run, opens a word?) and ``runs`` (distinct runs with totals).
 
     A match starts with a syllable only at the start of a line (the regex takes the character
     before a run whenever there is one), so it opens a word when it starts with a syllable or
@@ -169,7 +171,7 @@ def _create_runs(con: duckdb.DuckDBPyConnection) -> None:
     are cut from the distinct runs, never from lines.
     """
     con.execute(f"""
-        CREATE TEMP TABLE match_runs AS
+        CREATE TEMP TABLE matches AS
         SELECT match, CASE WHEN lead_is_syllable THEN match ELSE substring(match, 2) END AS run,
                lead_is_syllable OR lead IN ({_WHITESPACE_CODES}) AS opens_word, occurrences
         FROM (SELECT match, unicode(match) AS lead, lead BETWEEN {_FIRST_SYLLABLE} AND {_LAST_SYLLABLE} AS lead_is_syllable,
@@ -180,7 +182,7 @@ def _create_runs(con: duckdb.DuckDBPyConnection) -> None:
         CREATE TEMP TABLE runs AS
         SELECT run, length(run) AS run_length, sum(occurrences) AS occurrences,
                coalesce(sum(occurrences) FILTER (WHERE opens_word), 0) AS word_initial
-        FROM match_runs GROUP BY run
+        FROM matches GROUP BY run
     """)
 
 
@@ -208,13 +210,13 @@ def _create_ngrams(con: duckdb.DuckDBPyConnection, min_count: int) -> None:
 def _create_line_ngram_ids(con: duckdb.DuckDBPyConnection) -> None:
     """``line_ngram_ids``: per line, the integer ids of the n-grams of all its runs, duplicates included.
 
-    Document frequency needs each line's n-gram set. Building it from per-run id lists keeps the
-    per-line work on integers, and leaves substring generation to the few distinct runs.
+    Document frequency needs each line's n-gram set. Building it from per-match id lists keeps
+    the per-line work on integers, and substrings are only ever cut from the distinct runs.
     """
     con.execute("""
         CREATE TEMP TABLE match_ngram_ids AS
         SELECT match, ids
-        FROM match_runs
+        FROM matches
         JOIN (SELECT run, list(DISTINCT ngram_id) AS ids FROM run_ngrams JOIN ngrams USING (ngram) GROUP BY run) USING (run)
     """)
     con.execute("""
