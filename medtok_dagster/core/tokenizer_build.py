@@ -361,22 +361,18 @@ def greedy_select(
     forced: Sequence[Candidate] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> Selection:
-    """Accept ``forced`` word-initial forms first, then the best measured gain per vocabulary entry.
+    """Greedy by measured gain per vocabulary entry; ``forced`` word-initial forms are always included.
 
-    Forced candidates (refined dictionary terms) are always included, in their ``▁`` form; their bare
+    Forced candidates (refined dictionary terms) compete in the same greedy, so the valuable ones are
+    accepted early, and budget is reserved for the rest, which are appended at the end. Their bare
     form competes like any other. Stale heap priorities are re-measured before acceptance (the CELF
     trick), which is exact for diminishing returns and keeps re-simulations close to the budget.
     """
     forms, in_base = candidate_forms([*forced, *candidates], sim.base.vocab, set())
     index = UnitIndex(units, {r for form in forms for r in sim.related(form)}, sim)
     selection = Selection(base_tokens=index.total(), skipped_in_base=in_base)
+    pending = {forms_of(c.surface)[1]: c for c in forced if forms_of(c.surface)[1] in forms}
     used = 0
-    for candidate in forced:
-        form = forms_of(candidate.surface)[1]
-        cost = sim.vocab_cost(form) if form in forms else 0
-        if cost == 0 or used + cost > budget:
-            continue
-        used += _accept(selection, index, sim, form, candidate, index.gain(form, sim))
     heap = []
     for form in forms:
         cost = sim.vocab_cost(form)
@@ -384,10 +380,10 @@ def greedy_select(
         if gain > 0 and cost > 0:
             heap.append((-gain / cost, form))
     heapq.heapify(heap)
-    while heap and used < budget:
+    while heap and used + len(pending) < budget:
         _, form = heapq.heappop(heap)
         cost = sim.vocab_cost(form)
-        if cost == 0 or cost > budget - used:
+        if cost == 0 or cost > budget - used - len(pending) + (form in pending):
             continue
         gain = index.gain(form, sim)
         if gain <= 0:
@@ -395,9 +391,14 @@ def greedy_select(
         if heap and gain / cost < -heap[0][0]:
             heapq.heappush(heap, (-gain / cost, form))
             continue
+        pending.pop(form, None)
         used += _accept(selection, index, sim, form, forms[form], gain)
         if progress and len(selection.choices) % 500 == 0:
             progress(used, budget)
+    for form, candidate in pending.items():
+        cost = sim.vocab_cost(form)
+        if 0 < cost <= budget - used:
+            used += _accept(selection, index, sim, form, candidate, index.gain(form, sim))
     return selection
 
 

@@ -33,7 +33,7 @@ def test_estimated_savings_match_the_real_tokenizer(gemma_tokenizer, tmp_path, s
     assert plan.selection.base_tokens == base
     assert base - new == pytest.approx(saved, rel=0.02)
     assert len(tokenizer) - len(gemma_tokenizer) <= 14
-    assert plan.selection.choices[0].form == "▁심근경색" and plan.selection.choices[0].source == "dictionary"
+    assert {(c.form, c.source) for c in plan.selection.choices} >= {("▁심근경색", "dictionary")}
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded.encode(LINES[1]) == tokenizer.encode(LINES[1])
     assert all(reloaded.decode(reloaded.encode(line, add_special_tokens=False)) == line for line in LINES)
