@@ -10,7 +10,7 @@ PORT ?= 3000
 MEDTOK_MODEL_DIR ?= model
 export MEDTOK_MODEL_DIR
 
-.PHONY: install demo test ui clean-outputs
+.PHONY: install browser demo test ui clean-outputs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,16 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m medtok_dagster.demo
 
-test: install
+# The UI tests drive Debian's Chromium headless (screenshot of the asset graph); root installs it from apt.
+browser:
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; } || echo "chromium missing: the asset-graph screenshot test will be skipped"
+
+test: install browser
 	$(BIN)/python -m pytest
 
 ui: install
 	mkdir -p $(MEDTOK_MODEL_DIR)/dagster_home
+	test -f $(MEDTOK_MODEL_DIR)/dagster_home/dagster.yaml || cp deploy/dagster.yaml $(MEDTOK_MODEL_DIR)/dagster_home/
 	DAGSTER_HOME=$(abspath $(MEDTOK_MODEL_DIR))/dagster_home $(BIN)/dagster dev -m medtok_dagster.definitions -h $(HOST) -p $(PORT)
 
 clean-outputs:

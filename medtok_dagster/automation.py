@@ -53,7 +53,14 @@ def with_automation(spec: dg.AssetSpec) -> dg.AssetSpec:
 
 
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:
-    """The sensor that evaluates every condition; running as soon as the daemon starts."""
+    """The sensor that evaluates every condition; running as soon as the daemon starts.
+
+    It evaluates every ``MEDTOK_AUTOMATION_INTERVAL_S`` seconds (default 30): the crons above decide
+    when anything runs, this only bounds how late after a tick it is noticed.
+    """
     return dg.AutomationConditionSensorDefinition(
-        "medtok_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30
+        "medtok_automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=int(os.environ.get("MEDTOK_AUTOMATION_INTERVAL_S", "30")),
     )
