@@ -60,7 +60,7 @@ def automation_sensor() -> dg.AutomationConditionSensorDefinition:
     """
     return dg.AutomationConditionSensorDefinition(
         "medtok_automation",
-        target=dg.AssetSelection.all(),
+        target=dg.AssetSelection.all(include_sources=True),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=int(os.environ.get("MEDTOK_AUTOMATION_INTERVAL_S", "30")),
     )

@@ -6,9 +6,10 @@ from typing import Optional
 
 import dagster as dg
 import pandas as pd
+from pydantic import field_validator
 
 from medtok_dagster.assets.descriptions import REVIEWED_FILE
-from medtok_dagster.assets.tokenizers import variant_dir, variant_partitions
+from medtok_dagster.assets.tokenizers import VARIANTS, variant_dir, variant_partitions
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import embeddings, metrics, training
 from medtok_dagster.core.corpus import read_lines_parquet
@@ -54,10 +55,8 @@ def new_tokens(paths: PathsResource, variant: str, table: pd.DataFrame) -> list[
 
 def build_initialized(base_model: BaseModelResource, paths: PathsResource, variant: str, tokens: list[embeddings.NewToken], strategy: str, quantization: Optional[str], seed: int = 0):
     """Base model resized to the variant tokenizer with new rows initialised by ``strategy``."""
-    from transformers import AutoTokenizer
-
     device, dtype = device_settings()
-    tokenizer = AutoTokenizer.from_pretrained(variant_dir(paths, variant), trust_remote_code=False)
+    tokenizer = core_base_model.load_local_tokenizer(variant_dir(paths, variant))
     base_len = read_json(variant_dir(paths, variant) / "token_mapping.json")["original_vocab_size"]
     source = base_model.source()
     model = core_base_model.load_causal_lm(source, dtype=dtype, quantization=quantization, device_map=device if quantization else None)
@@ -121,6 +120,14 @@ class InitComparisonConfig(dg.Config):
     steps: int = 20
     eval_texts: int = 112
     batch_size: int = 4
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, variant: str) -> str:
+        """The variant names a tokenizer directory, so only the known names are accepted (never a path)."""
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        return variant
 
 
 @dg.asset(

@@ -5,7 +5,9 @@ from collections import Counter
 
 import dagster as dg
 import pandas as pd
+from pydantic import field_validator
 
+from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import metrics, tokenizer_build
 from medtok_dagster.core.corpus import read_lines_parquet
 from medtok_dagster.core.dedicated import MCQ_REQUIRED_FIELDS, is_special_char
@@ -19,6 +21,7 @@ from medtok_dagster.resources import (
     TOKENIZER_DIR,
     BaseModelResource,
     PathsResource,
+    relative_path,
 )
 
 GROUP = "tokenizers"
@@ -154,6 +157,12 @@ class EfficiencyConfig(dg.Config):
     """Extra held-out JSONL files (relative to the data dir, field `text`), each its own text type."""
     curve_budgets: list[int] = [250, 500, 1000, 2000, 4000, 7000, 10700, 20600]
 
+    @field_validator("heldout_jsonl")
+    @classmethod
+    def _inside_data_dir(cls, files: list[str]) -> list[str]:
+        """Absolute and ``..`` paths are refused before the run reads anything."""
+        return [relative_path(name) for name in files]
+
 
 def heldout_texts(paths: PathsResource, extra: list[str]) -> dict[str, list[str]]:
     """Held-out texts by type: test.jsonl (eval only), general corpus held-out lines, English and code."""
@@ -202,13 +211,11 @@ def tokenizer_efficiency(
     general_tokens: pd.DataFrame,
     dedicated_tokens: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    from transformers import AutoTokenizer
-
     base = base_model.load_tokenizer()
     tokenizers = {"base": base}
     for variant in VARIANTS:
         if variant_dir(paths, variant).exists():
-            tokenizers[variant] = AutoTokenizer.from_pretrained(variant_dir(paths, variant), trust_remote_code=False)
+            tokenizers[variant] = core_base_model.load_local_tokenizer(variant_dir(paths, variant))
     texts = heldout_texts(paths, config.heldout_jsonl)
     table = metrics.efficiency_table(tokenizers, texts)
     prototype = tokenizer_build.prototype_order(

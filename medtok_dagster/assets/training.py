@@ -58,8 +58,10 @@ def trained_adapter(
     keys = context.partition_key.keys_by_dimension
     variant, profile = keys["variant"], keys["profile"]
     output_dir = paths.model("trained", profile, variant)
+    source = base_model.source()
     plan = training.TrainPlan(
-        base_model=base_model.source().load_from,
+        base_model=source.load_from,
+        base_model_kind=source.kind,
         init_dir=str(paths.model("raw_lora_added", profile, variant)),
         output_dir=str(output_dir),
         checkpoint_dir=str(paths.model("checkpoints", profile, variant)),

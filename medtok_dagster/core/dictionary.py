@@ -124,6 +124,8 @@ def refine_term(raw: str) -> tuple[str | None, str]:
     else:
         resolved = OPTIONAL_MARKS_RE.sub("", term)
         kept_reason = "resolved_optional_prefix" if resolved != term else "kept"
+    if not resolved.strip():
+        return None, "brackets_only"
     if LATIN_OR_GREEK_RE.search(resolved):
         return None, "english_mixed"
     if DIGIT_RE.search(resolved):

@@ -11,9 +11,15 @@ leaves the previous artifact intact and never a half-written one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -173,8 +179,92 @@ def read_json(path: Path) -> Any:
         raise InputError(path, exc.lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from exc
 
 
+_TEMPORARY = re.compile(r"\.(?P<final>.+)\.(?:tmp|old)-[0-9a-f]{8}-(?P<pid>\d+)@(?P<host>[^@/]+)")
+"""``.<final name>.tmp-<random>-<pid>@<host>``: who wrote a temporary, so a dead writer's can be removed."""
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
 def _temp_sibling(final: Path, kind: str) -> Path:
-    return final.parent / f".{final.name}.{kind}-{uuid.uuid4().hex[:8]}"
+    return final.parent / f".{final.name}.{kind}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _writer_alive(match: re.Match[str]) -> bool | None:
+    """Whether a temporary's writer still runs; ``None`` when it ran on another host (unknowable here)."""
+    if match["host"] != socket.gethostname():
+        return None
+    return _pid_alive(int(match["pid"]))
+
+
+def _remove_temporary(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def _remove_dead_siblings(final: Path) -> int:
+    """Remove what killed writers of ``final`` on this host left behind (live writers' staging is kept)."""
+    removed = 0
+    prefix = f".{final.name}."
+    for entry in final.parent.iterdir():
+        match = _TEMPORARY.fullmatch(entry.name) if entry.name.startswith(prefix) else None
+        if match is not None and match["final"] == final.name and _writer_alive(match) is False:
+            _remove_temporary(entry)
+            removed += 1
+    return removed
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """glibc's ``renameat2`` (Linux), or ``None`` where the platform or C library lacks it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step; ``False`` where the OS or filesystem cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
+
+
+def _swap_into_place(staging: Path, final: Path) -> None:
+    """Put ``staging`` at ``final`` so that ``final`` is never missing or partial.
+
+    On Linux the two directories are exchanged in one ``renameat2`` call, so a reader or a kill at
+    any moment finds a complete version; elsewhere the old directory is renamed aside first, which
+    leaves ``final`` missing for the microseconds between two renames.
+    """
+    if not final.exists():
+        os.rename(staging, final)
+    elif _exchange(staging, final):
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        retired = _temp_sibling(final, "old")
+        os.rename(final, retired)
+        os.rename(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -182,9 +272,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Build a directory in a temporary sibling and swap it into place only if the block succeeds.
 
     The previous version stays readable until the swap; on error the temporary directory is
-    removed, so neither a crash nor an exception leaves a partial directory under ``final``.
+    removed, so neither a crash nor an exception leaves a partial directory under ``final``, and
+    the staging directory of a writer killed earlier is removed before a new one is made.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_siblings(final)
     staging = _temp_sibling(final, "tmp")
     staging.mkdir()
     try:
@@ -192,16 +284,16 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    retired = _temp_sibling(final, "old")
-    if final.exists():
-        os.rename(final, retired)
-    os.rename(staging, final)
-    shutil.rmtree(retired, ignore_errors=True)
+    _swap_into_place(staging, final)
 
 
 def atomic_write_bytes(final: Path, payload: bytes) -> Path:
-    """Write a file through a temporary sibling plus ``os.replace`` (atomic on POSIX)."""
+    """Write a file through a temporary sibling plus ``os.replace`` (atomic on POSIX).
+
+    A killed writer's temporary file is removed by the next write of the same file.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_siblings(final)
     staging = _temp_sibling(final, "tmp")
     try:
         with staging.open("wb") as handle:
@@ -225,16 +317,20 @@ def atomic_write_json(final: Path, payload: Any) -> Path:
 
 
 def remove_stale_temporaries(directory: Path) -> int:
-    """Delete leftovers of killed writers (``.name.tmp-*``/``.name.old-*``) and return how many."""
+    """Delete leftovers of killed writers (``.name.tmp-*``/``.name.old-*``) and return how many.
+
+    The staging of a writer still running on this host is kept; another host's is removed, so run
+    this only while no other machine writes to ``directory``.
+    """
     if not directory.is_dir():
         return 0
     removed = 0
     for entry in directory.iterdir():
         if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match is not None and _writer_alive(match):
+                continue
+            _remove_temporary(entry)
             removed += 1
     return removed
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from medtok_dagster.core.base_model import load_local_tokenizer
 from medtok_dagster.core.text import WORD_BOUNDARY, has_hangul
 
 STRATEGIES = ("added_tokens", "bpe_merge")
@@ -360,6 +361,7 @@ def greedy_select(
     budget: int,
     forced: Sequence[Candidate] = (),
     progress: Callable[[int, int], None] | None = None,
+    taken: Iterable[str] = (),
 ) -> Selection:
     """Greedy by measured gain per vocabulary entry; ``forced`` word-initial forms are always included.
 
@@ -367,8 +369,13 @@ def greedy_select(
     accepted early, and budget is reserved for the rest, which are appended at the end. Their bare
     form competes like any other. Stale heap priorities are re-measured before acceptance (the CELF
     trick), which is exact for diminishing returns and keeps re-simulations close to the budget.
+
+    ``taken`` are strings the tokenizer gets anyway (Tier-1 tokens): no form may add one of them
+    again, neither as itself nor as an intermediate entry of a ``bpe_merge`` merge tree, so a
+    string shared by Tier 1 and a candidate tier is one vocabulary entry, not two.
     """
-    forms, in_base = candidate_forms([*forced, *candidates], sim.base.vocab, set())
+    taken = set(taken)
+    forms, in_base = candidate_forms([*forced, *candidates], sim.base.vocab, taken)
     index = UnitIndex(units, {r for form in forms for r in sim.related(form)}, sim)
     selection = Selection(base_tokens=index.total(), skipped_in_base=in_base)
     pending = {forms_of(c.surface)[1]: c for c in forced if forms_of(c.surface)[1] in forms}
@@ -383,7 +390,7 @@ def greedy_select(
     while heap and used + len(pending) < budget:
         _, form = heapq.heappop(heap)
         cost = sim.vocab_cost(form)
-        if cost == 0 or cost > budget - used - len(pending) + (form in pending):
+        if cost == 0 or cost > budget - used - len(pending) + (form in pending) or _recreates(form, sim, taken):
             continue
         gain = index.gain(form, sim)
         if gain <= 0:
@@ -397,9 +404,14 @@ def greedy_select(
             progress(used, budget)
     for form, candidate in pending.items():
         cost = sim.vocab_cost(form)
-        if 0 < cost <= budget - used:
+        if 0 < cost <= budget - used and not _recreates(form, sim, taken):
             used += _accept(selection, index, sim, form, candidate, index.gain(form, sim))
     return selection
+
+
+def _recreates(form: str, sim: Simulator, taken: set[str]) -> bool:
+    """Whether accepting ``form`` would add a taken string as a new vocabulary entry (a duplicate)."""
+    return bool(taken) and not taken.isdisjoint(sim.related(form))
 
 
 def _accept(selection: Selection, index: UnitIndex, sim: Simulator, form: str, candidate: Candidate, gain: float) -> int:
@@ -456,7 +468,6 @@ def build_extended_tokenizer(
     the first new id is 262145, and on plain Gemma 3 it is 262144.
     """
     from tokenizers import AddedToken
-    from transformers import AutoTokenizer
 
     first_id = len(base_tokenizer)
     base_tokenizer.save_pretrained(out_dir)
@@ -467,11 +478,11 @@ def build_extended_tokenizer(
         )
         for stale in ("tokenizer.model",):
             (out_dir / stale).unlink(missing_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(out_dir, trust_remote_code=False)
+    tokenizer = load_local_tokenizer(out_dir)
     added = list(tier1) + (selection.new_entries if strategy == "added_tokens" else [])
     tokenizer.add_tokens([AddedToken(token, normalized=True, special=False) for token in added])
     tokenizer.save_pretrained(out_dir)
-    return AutoTokenizer.from_pretrained(out_dir, trust_remote_code=False)
+    return load_local_tokenizer(out_dir)
 
 
 def new_token_ids(tokenizer: Any, base_len: int) -> dict[str, int]:
@@ -583,7 +594,7 @@ def plan_variant(
     base = BasePieces(base_tokenizer)
     tier1, tier1_in_base = tier1_added_tokens(tier1_tokens, base.vocab)
     sim = make_simulator(strategy, base, tier1)
-    selection = greedy_select(candidates, units, sim, max(budget - len(tier1), 0), forced=forced, progress=progress)
+    selection = greedy_select(candidates, units, sim, max(budget - len(tier1), 0), forced=forced, progress=progress, taken=tier1)
     merges = sim.merges if isinstance(sim, BpeMergeSim) else []
     return VariantPlan(strategy, tier1, tier1_in_base, selection, merges)
 

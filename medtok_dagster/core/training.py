@@ -16,11 +16,32 @@ from typing import Any
 
 import torch
 
+from medtok_dagster.core.base_model import PICKLE_SUFFIXES
 from medtok_dagster.core.embeddings import embeddings_tied, resize_for
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 EMBEDDING_MODES = ("trainable_tokens", "modules_to_save", "frozen")
 NEW_ROWS_FILE = "new_embeddings.safetensors"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class AdapterError(ValueError):
+    """An adapter directory that cannot be loaded safely; the message says what is missing."""
+
+
+def check_adapter_dir(adapter_dir: Path) -> None:
+    """Require a local adapter in safetensors before peft sees the directory.
+
+    peft falls back to ``adapter_model.bin`` (a pickle) when the safetensors file is missing, and to
+    the hub when neither exists; refusing here keeps adapters local and pickle-free.
+    """
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise AdapterError(f"{adapter_dir}: not an adapter directory (no {ADAPTER_CONFIG})")
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        pickles = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        hint = f" (found pickle weights {pickles}; only safetensors adapters are loaded)" if pickles else ""
+        raise AdapterError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}{hint}")
 
 
 @dataclass(frozen=True)
@@ -130,6 +151,7 @@ def load_adapter(base_model: Any, adapter_dir: Path, new_len: int, new_ids: Sequ
     from peft import PeftModel
     from safetensors.torch import load_file
 
+    check_adapter_dir(adapter_dir)
     resize_for(base_model, new_len)
     rows_file = adapter_dir / NEW_ROWS_FILE
     if rows_file.exists():
@@ -180,6 +202,8 @@ class TrainPlan:
     max_seq_len: int | None = None
     per_device_batch: int | None = None
     grad_accum: int | None = None
+    base_model_kind: str = "local"
+    """How ``base_model`` was resolved: only ``hub`` lets the training process contact the hub."""
 
 
 def packed_dataset(tokenizer: Any, texts: Sequence[str], block: int) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from dagster_pipes import PipesContext, open_dagster_pipes
-from transformers import AutoTokenizer, Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from medtok_dagster.core import base_model as core_base_model
@@ -91,9 +91,9 @@ def run(pipes: PipesContext) -> None:
     lora = training.profile(plan.profile)
     init_dir = Path(plan.init_dir)
     info = json.loads((init_dir / "init_info.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(init_dir, trust_remote_code=False)
+    tokenizer = core_base_model.load_local_tokenizer(init_dir)
     new_ids = sorted(i for i in tokenizer.get_vocab().values() if i >= info["base_vocab_size"])
-    source = core_base_model.BaseModelSource(plan.base_model, "local", plan.base_model)
+    source = core_base_model.BaseModelSource(plan.base_model, plan.base_model_kind, plan.base_model)
     model = training.load_adapter(core_base_model.load_causal_lm(source), init_dir, len(tokenizer), new_ids, is_trainable=True)
     before = metrics.heldout_loss(model, tokenizer, plan.heldout_texts)
     block = plan.max_seq_len or lora.max_seq_len
