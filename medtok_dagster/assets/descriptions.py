@@ -121,7 +121,7 @@ def token_descriptions(context: dg.AssetExecutionContext, config: DescriptionChe
         "dictionary_issues": md_counts(dict(issues) or {"none": 0}, key="issue"),
         "preview": md_table(frame),
     })
-    yield dg.Output(validation_frame(results, variant, context.run_id), output_name="description_validation")
+    yield dg.Output(validation_frame(results, variant, context.run.run_id), output_name="description_validation")
     yield from results
 
 
