@@ -24,9 +24,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m medtok_dagster.demo
 
-# The UI tests drive Debian's Chromium headless (screenshot of the asset graph); root installs it from apt.
+# The UI tests drive Debian's Chromium headless (screenshot of the asset graph); installed from apt
+# as root, or through passwordless sudo.
+APT := $(if $(filter 0,$(shell id -u)),,sudo -n) env DEBIAN_FRONTEND=noninteractive apt-get
 browser:
-	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; } || echo "chromium missing: the asset-graph screenshot test will be skipped"
+	@command -v chromium >/dev/null || { $(APT) update -qq && $(APT) install -y -qq chromium fonts-noto-cjk >/dev/null; } || echo "chromium missing: the asset-graph screenshot test will be skipped"
 
 test: install browser
 	$(BIN)/python -m pytest
