@@ -10,7 +10,7 @@ PORT ?= 3000
 MEDTOK_MODEL_DIR ?= model
 export MEDTOK_MODEL_DIR
 
-.PHONY: install browser demo test ui clean-outputs
+.PHONY: install browser instance demo test ui clean-outputs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The instance `make ui` serves (the demo writes to it too); deploy/dagster.yaml is its starting config.
+INSTANCE := $(MEDTOK_MODEL_DIR)/dagster_home
+instance:
+	mkdir -p $(INSTANCE)
+	test -f $(INSTANCE)/dagster.yaml || cp deploy/dagster.yaml $(INSTANCE)/
 
 demo: install
 	$(BIN)/python -m medtok_dagster.demo
@@ -33,10 +39,8 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest
 
-ui: install
-	mkdir -p $(MEDTOK_MODEL_DIR)/dagster_home
-	test -f $(MEDTOK_MODEL_DIR)/dagster_home/dagster.yaml || cp deploy/dagster.yaml $(MEDTOK_MODEL_DIR)/dagster_home/
-	DAGSTER_HOME=$(abspath $(MEDTOK_MODEL_DIR))/dagster_home $(BIN)/dagster dev -m medtok_dagster.definitions -h $(HOST) -p $(PORT)
+ui: install instance
+	DAGSTER_HOME=$(abspath $(INSTANCE)) $(BIN)/dagster dev -m medtok_dagster.definitions -h $(HOST) -p $(PORT)
 
 clean-outputs:
 	rm -rf $(MEDTOK_MODEL_DIR)/tokenizer $(MEDTOK_MODEL_DIR)/raw_lora_added $(MEDTOK_MODEL_DIR)/trained $(MEDTOK_MODEL_DIR)/corpora $(MEDTOK_MODEL_DIR)/vocab $(MEDTOK_MODEL_DIR)/medtok.duckdb
