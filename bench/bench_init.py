@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from _machine import machine
 from medtok_dagster.core import embeddings as E
 from medtok_dagster.core.base_model import ensure_embedded
 
@@ -55,7 +55,7 @@ def main() -> None:
         del model
     print(json.dumps({
         "benchmark": "embedding_init",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "machine": machine(torch=torch.__version__, torch_threads=str(torch.get_num_threads())),
         "model": "embedded gemma3-270m (fp32, hidden 640)",
         "new_tokens": args.tokens,
         "vectorised_s": round(timings["vectorised"], 3),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import sys
@@ -43,6 +42,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _machine import machine  # noqa: E402
 from medtok_dagster.core.text import has_hangul, split_sentences  # noqa: E402
 from medtok_dagster.core.vocab import count_hangul_ngrams, count_hangul_ngrams_python  # noqa: E402
 
@@ -182,24 +182,6 @@ def frames_identical(left: pd.DataFrame, right: pd.DataFrame) -> bool:
     return True
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
-        "duckdb": duckdb.__version__,
-    }
-
-
 def write_corpus(path: Path, megabytes: float, seed: int) -> dict[str, Any]:
     """Write the benchmark corpus as a zstd parquet ``text`` column and describe it."""
     sentences = corpus_sentences(RAW_KOREAN, MAX_SENTENCES)
@@ -230,7 +212,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    info = machine()
+    info = machine(duckdb=duckdb.__version__)
     with tempfile.TemporaryDirectory(prefix="bench-ngrams-") as tmp:
         path = Path(tmp) / "lines.parquet"
         corpus = write_corpus(path, args.mb, args.seed)
@@ -246,7 +228,7 @@ def main() -> None:
         "speedup": round(python_s / duckdb_s, 1),
         "meets_target": python_s / duckdb_s >= SPEEDUP_TARGET,
         "runs": runs,
-        "machine": {**info, "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+        "machine": {**info, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
     }
     print(json.dumps(report, ensure_ascii=False, indent=2))
 

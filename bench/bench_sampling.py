@@ -31,7 +31,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import random
 import resource
 import shutil
@@ -43,6 +42,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _machine import machine  # noqa: E402
 
 RAW_KOREAN = REPO / "data" / "01_raw" / "00_korean"
 THROUGHPUT_TARGET = 0.5
@@ -243,28 +244,15 @@ def measure(kind: str, corpus: Path, n_lines: int, seed: int) -> dict[str, Any]:
     return result
 
 
-def machine() -> dict[str, Any]:
-    import pyarrow
-
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "pyarrow": pyarrow.__version__,
-        "cpu_count": os.cpu_count(),
-        "ram_gb": round(ram / 2**30, 1),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def corpus_bytes(corpus: Path) -> int:
     return sum(p.stat().st_size for p in corpus.glob("*.arrow"))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import pyarrow
+
     report: dict[str, Any] = {
-        "machine": machine(),
+        "machine": machine(pyarrow=pyarrow.__version__),
         "n_lines": args.n_lines,
         "seed": args.seed,
         "repeats": args.repeats,

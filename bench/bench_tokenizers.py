@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import duckdb
 from transformers import AutoTokenizer
 
+from _machine import machine
 from medtok_dagster.assets.tokenizers import split_tier1
 from medtok_dagster.core import metrics, tokenizer_build
 from medtok_dagster.core.base_model import ensure_embedded
@@ -84,7 +84,7 @@ def main() -> None:
     megabytes = sum(len(t.encode()) for t in korean) / 1e6
     base_tokens = (sum(metrics.count_tokens(base, exam)), sum(metrics.count_tokens(base, control)))
     base_speed, base_load = encode_mb_s(base, korean, megabytes), load_seconds(base_dir)
-    report = {"benchmark": "tokenizers", "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    report = {"benchmark": "tokenizers", "machine": machine(),
               "korean_mb": round(megabytes, 1), "base_encode_mb_s": round(base_speed, 2), "base_load_s": round(base_load, 2), "strategies": {}}
     for strategy in tokenizer_build.STRATEGIES:
         with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from medtok_dagster.core import dedicated, dictionary
-from medtok_dagster.core.io import read_jsonl
+from medtok_dagster.core.io import JsonlRecord, SkipReport, read_jsonl
 from medtok_dagster.core.text import find_leaks, is_pure_hangul, mcq_texts
 from medtok_dagster.metadata import md_table
 from medtok_dagster.core.corpus import read_lines_parquet
@@ -22,9 +22,14 @@ def held_out_questions(paths: PathsResource) -> dict[str, str]:
     return {f"test.jsonl:{r.line}": r.data["question"] for r in records}
 
 
+def read_train_split(paths: PathsResource, lenient: bool) -> tuple[list[JsonlRecord], SkipReport]:
+    """The MCQ train split with every field the vocabulary stages need: the only split they read."""
+    return read_jsonl(paths.data(MCQ_TRAIN), dedicated.MCQ_REQUIRED_FIELDS, lenient=lenient)
+
+
 def tier1_texts(paths: PathsResource) -> Iterator[str]:
     """Every text Tier-1 and the medical corpus are built from: train MCQs and the dictionary."""
-    records, _ = read_jsonl(paths.data(MCQ_TRAIN), dedicated.MCQ_REQUIRED_FIELDS, lenient=True)
+    records, _ = read_train_split(paths, lenient=True)
     for record in records:
         for _, text in mcq_texts(record.data):
             yield text

@@ -7,15 +7,12 @@ import pandas as pd
 
 from medtok_dagster.assets.dedicated import InputConfig
 from medtok_dagster.assets.raw import CORPORA_KEY, corpus_partitions
-from medtok_dagster.checks import held_out_questions, leak_check_result
+from medtok_dagster.checks import held_out_questions, leak_check_result, read_train_split
 from medtok_dagster.core import corpus, dictionary
-from medtok_dagster.core.dedicated import MCQ_REQUIRED_FIELDS
-from medtok_dagster.core.io import read_jsonl
 from medtok_dagster.metadata import md_table, skip_metadata
 from medtok_dagster.resources import (
     GENERAL_CORPORA_DIR,
     GENERAL_SAMPLE_DIR,
-    MCQ_TRAIN,
     MEDICAL_CORPUS_PARQUET,
     MEDICAL_DICTIONARY,
     PathsResource,
@@ -33,7 +30,7 @@ CODE_VERSION = "1"
     description="Korean medical text: train questions and options plus dictionary definitions; NFC, deduplicated, one sentence per row.",
 )
 def medical_corpus(context: dg.AssetExecutionContext, config: InputConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
-    records, skips = read_jsonl(paths.data(MCQ_TRAIN), MCQ_REQUIRED_FIELDS, lenient=config.lenient)
+    records, skips = read_train_split(paths, config.lenient)
     entries = dictionary.load_dictionary(paths.data(MEDICAL_DICTIONARY), lenient=config.lenient).entries
     rows = corpus.build_medical_corpus([r.data for r in records], [(e.term, e.definition) for e in entries])
     frame = pd.DataFrame(rows, columns=["source", "text"])

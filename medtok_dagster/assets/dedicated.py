@@ -3,8 +3,9 @@
 import dagster as dg
 import pandas as pd
 
+from medtok_dagster.checks import read_train_split
 from medtok_dagster.core import dedicated, dictionary
-from medtok_dagster.core.io import atomic_write_json, atomic_write_text, read_jsonl
+from medtok_dagster.core.io import atomic_write_json, atomic_write_text
 from medtok_dagster.metadata import md_counts, md_plot, md_table, skip_metadata
 from medtok_dagster.resources import MCQ_TRAIN, MEDICAL_DICTIONARY, TOKENIZER_DATA_DIR, USER_TOKENS, PathsResource
 
@@ -34,9 +35,8 @@ class DedicatedConfig(dg.Config):
     description="Non-ASCII, non-Hangul symbols of the train split with counts and first context. Train split only.",
 )
 def special_chars_report(context: dg.AssetExecutionContext, config: InputConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
-    source = paths.data(MCQ_TRAIN)
-    records, skips = read_jsonl(source, dedicated.MCQ_REQUIRED_FIELDS, lenient=config.lenient)
-    report = dedicated.scan_special_chars(records, source.name)
+    records, skips = read_train_split(paths, config.lenient)
+    report = dedicated.scan_special_chars(records, paths.data(MCQ_TRAIN).name)
     report_path = atomic_write_json(paths.data(TOKENIZER_DATA_DIR, "special_chars_report.json"), report)
     frame = dedicated.special_chars_frame(report)
     context.log.info("Found %d special characters (%d occurrences) in %d records", report["total_unique"], report["total_occurrences"], len(records))
@@ -62,7 +62,7 @@ def special_chars_report(context: dg.AssetExecutionContext, config: InputConfig,
     description="Unit notation of the train split (mg/dL, mEq/L, ×10³/μL, 회/분) with counts. Train split only.",
 )
 def medical_notation(config: InputConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
-    records, skips = read_jsonl(paths.data(MCQ_TRAIN), dedicated.MCQ_REQUIRED_FIELDS, lenient=config.lenient)
+    records, skips = read_train_split(paths, config.lenient)
     counts = dedicated.scan_notation(records)
     frame = pd.DataFrame(counts.most_common(), columns=["notation", "count"])
     return dg.Output(frame, metadata={"dagster/row_count": len(frame), "preview": md_table(frame), **skip_metadata(skips)})
