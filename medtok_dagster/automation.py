@@ -16,7 +16,7 @@ import os
 import dagster as dg
 
 CHEAP_GROUPS = ("dedicated", "corpora", "vocab", "tokenizers", "descriptions")
-EXPENSIVE_GROUPS = ("model", "training")
+EXPENSIVE_GROUPS = ("model", "training", "evaluation")
 MANUAL_ASSETS = ("llm_token_descriptions", "init_comparison")
 
 

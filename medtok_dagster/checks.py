@@ -5,26 +5,14 @@ from collections.abc import Iterator
 import dagster as dg
 import pandas as pd
 
-from medtok_dagster.core import dedicated, dictionary
-from medtok_dagster.core.io import JsonlRecord, SkipReport, read_jsonl
+from medtok_dagster.core import dictionary
 from medtok_dagster.core.text import find_leaks, is_pure_hangul, mcq_texts
 from medtok_dagster.metadata import md_table
-from medtok_dagster.core.corpus import read_lines_parquet
-from medtok_dagster.resources import MCQ_TEST, MCQ_TRAIN, MEDICAL_CORPUS_PARQUET, MEDICAL_DICTIONARY, PathsResource
+from medtok_dagster.readers import held_out_questions, medical_lines, read_train_split
+from medtok_dagster.resources import MEDICAL_DICTIONARY, PathsResource
 
 LEAK_THRESHOLD = 0.5
 SHINGLE_SIZE = 8
-
-
-def held_out_questions(paths: PathsResource) -> dict[str, str]:
-    """Test questions keyed ``test.jsonl:<line>`` (lenient: a bad test line must not hide a leak)."""
-    records, _ = read_jsonl(paths.data(MCQ_TEST), ("question",), lenient=True)
-    return {f"test.jsonl:{r.line}": r.data["question"] for r in records}
-
-
-def read_train_split(paths: PathsResource, lenient: bool) -> tuple[list[JsonlRecord], SkipReport]:
-    """The MCQ train split with every field the vocabulary stages need: the only split they read."""
-    return read_jsonl(paths.data(MCQ_TRAIN), dedicated.MCQ_REQUIRED_FIELDS, lenient=lenient)
 
 
 def tier1_texts(paths: PathsResource) -> Iterator[str]:
@@ -79,7 +67,7 @@ def dictionary_terms_are_clean(dictionary_terms: pd.DataFrame) -> dg.AssetCheckR
 
 @dg.asset_check(asset="medical_corpus", blocking=True, description="No test.jsonl question appears in the medical corpus.")
 def no_test_leak_in_medical_corpus(paths: PathsResource) -> dg.AssetCheckResult:
-    return leak_check_result(held_out_questions(paths), iter(read_lines_parquet(paths.model(MEDICAL_CORPUS_PARQUET))), "medical_corpus")
+    return leak_check_result(held_out_questions(paths), iter(medical_lines(paths)), "medical_corpus")
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:

@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from medtok_dagster import automation, checks
-from medtok_dagster.assets import corpora, dedicated, descriptions, model, tokenizers, training, vocab
+from medtok_dagster.assets import corpora, dedicated, descriptions, evaluation, model, tokenizers, training, vocab
 from medtok_dagster.assets.raw import build_corpora_source, observe_raw_files
 from medtok_dagster.resources import PathsResource, build_resources, settings_from_env
 
@@ -39,7 +39,7 @@ def build_definitions(data_dir: str, model_dir: str, base_model: str) -> dg.Defi
     """Definitions for one data directory; corpus assets are discovered from its general corpora."""
     corpus_names = list(PathsResource(data_dir=data_dir, model_dir=model_dir).general_corpus_dirs())
     stages = [
-        *dg.load_assets_from_modules([dedicated, corpora, vocab, tokenizers, descriptions, model, training]),
+        *dg.load_assets_from_modules([dedicated, corpora, vocab, tokenizers, descriptions, model, training, evaluation]),
         corpora.build_general_corpus_sample(corpus_names),
     ]
     return dg.Definitions(

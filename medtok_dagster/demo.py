@@ -20,14 +20,22 @@ from medtok_dagster.resources import settings_from_env
 
 DEMO_MODEL_PARTITIONS = {"variant": "ded_medical", "profile": "embedded"}
 """Model and training stages run for one variant × profile in the demo (CPU time); the UI can run the rest."""
+DEMO_ASSET_PARTITIONS = {"distilled_embeddings": ["ded_medical"]}
+"""Variant-partitioned model stages the demo runs for the demo variant only."""
 DEMO_RUN_CONFIG = {
     "ops": {
-        "init_comparison": {"config": {"steps": 6, "eval_texts": 16}},
-        "trained_adapter": {"config": {"max_steps": 12, "save_steps": 4, "per_device_batch": 2, "grad_accum": 1, "max_seq_len": 64}},
+        "distilled_embeddings": {"config": {"max_tokens": 600, "contexts_per_token": 4, "context_before": 16, "context_after": 6, "epochs": 2.0}},
+        "init_comparison": {"config": {"steps": 0, "eval_texts": 64}},
+        "trained_adapter": {"config": {"max_steps": 12, "save_steps": 4, "per_device_batch": 2, "grad_accum": 1, "max_seq_len": 64, "heldout_texts": 32}},
+        "model_evaluation": {"config": {"general_lines": 64, "control_texts": 16, "prefill_texts": 32, "prefill_repeats": 2}},
     }
 }
 """CPU-sized settings for the embedded 270M model; the asset defaults are the full-size ones."""
-SUMMARY_KEYS = ("dagster/row_count", "kept", "lines", "chars", "tokens_added", "ratio_vs_base", "new_vocab_size", "eval_loss_after")
+SUMMARY_KEYS = (
+    "dagster/row_count", "kept", "lines", "chars", "tokens_added", "ratio_vs_base", "new_vocab_size", "best_strategy", "best_vs_base",
+    "distilled_tokens", "heldout_coverage", "exam_questions_bits_per_char_base", "exam_questions_bits_per_char_trained",
+    "exam_bits_per_char_vs_base", "exam_accuracy", "prefill_speedup", "size_gb",
+)
 
 
 @dataclass
@@ -47,10 +55,12 @@ class DemoReport:
     seconds: float = 0.0
 
 
-def _partition_keys(partitions: dg.PartitionsDefinition | None, only: dict[str, str]) -> list[str | None]:
+def _partition_keys(partitions: dg.PartitionsDefinition | None, only: dict[str, str], asset: str = "") -> list[str | None]:
     if partitions is None:
         return [None]
     keys = partitions.get_partition_keys()
+    if asset in DEMO_ASSET_PARTITIONS:
+        return [k for k in keys if k in DEMO_ASSET_PARTITIONS[asset]]
     if isinstance(partitions, dg.MultiPartitionsDefinition):
         keys = [k for k in keys if all(k.keys_by_dimension.get(d, v) == v for d, v in only.items())]
     return list(keys)
@@ -73,7 +83,7 @@ def plan_phases(defs: dg.Definitions, skip: set[str], only: dict[str, str]) -> t
             continue
         group = sorted(graph.assets_def_for_key(key).keys, key=lambda k: k != key)
         planned.update(group)
-        keys = _partition_keys(node.partitions_def, only)
+        keys = _partition_keys(node.partitions_def, only, key.to_user_string())
         if phases and phases[-1].partition_keys == keys:
             phases[-1].keys.extend(group)
         else:

@@ -80,6 +80,38 @@ def make_tiny_gemma(target: Path, tokenizer, vocab_size: int | None = None, tied
     return target
 
 
+MEDGEMMA_VOCAB_ROWS = 262208
+"""MedGemma pads its embedding matrix to 262,208 rows; its image soft token is id 262,144."""
+
+
+def make_tiny_medgemma(target: Path, tokenizer) -> Path:
+    """A randomly initialised image-text Gemma 3 shaped like MedGemma: SigLIP tower, projector, padded vocabulary.
+
+    ``AutoModelForCausalLM`` loads it as ``Gemma3ForConditionalGeneration``, as it loads MedGemma 4B
+    and 27B, so every code path that must keep LoRA out of the vision tower is exercised.
+    """
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    torch.manual_seed(0)
+    text = Gemma3TextConfig(
+        vocab_size=MEDGEMMA_VOCAB_ROWS, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, max_position_embeddings=512, sliding_window=64,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=262144, boi_token_index=255999, eoi_token_index=256000)
+    Gemma3ForConditionalGeneration(config).save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_medgemma_dir(tmp_path_factory, gemma_tokenizer) -> Path:
+    """A tiny MedGemma-shaped image-text model saved as a plain directory (the `base_model` path)."""
+    return make_tiny_medgemma(tmp_path_factory.mktemp("tiny-medgemma"), gemma_tokenizer)
+
+
 @pytest.fixture(scope="session")
 def tiny_gemma_dir(tmp_path_factory, gemma_tokenizer) -> Path:
     """A tiny tied Gemma 3 saved as a plain directory, usable as the `base_model` path."""

@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from medtok_dagster import checks
+from medtok_dagster import checks, layout
 from medtok_dagster.assets import corpora, dedicated, descriptions, tokenizers
 from medtok_dagster.assets.raw import build_corpora_source
 from medtok_dagster.assets.training import trained_adapter
@@ -319,7 +319,7 @@ def test_a_string_in_several_tiers_is_one_entry_of_the_built_tokenizer(gemma_tok
 
 def test_descriptions_with_stale_ids_fail_the_blocking_coverage_check(data_dir, model_dir, gemma_tokenizer, tiny_gemma_dir):
     """A resumed LLM describer reuses a checkpoint written for an earlier build of the tokenizer."""
-    variant = tokenizers.variant_dir(build_resources(str(data_dir), str(model_dir))["paths"], "dedicated")
+    variant = layout.variant_dir(build_resources(str(data_dir), str(model_dir))["paths"], "dedicated")
     variant.mkdir(parents=True)
     tokenizer = tb.build_extended_tokenizer(gemma_tokenizer, "added_tokens", ["question:", "▁심근경색"], tb.Selection(), [], variant)
     atomic_write_json(variant / "token_mapping.json", tb.token_mapping(len(gemma_tokenizer), tokenizer, "added_tokens"))

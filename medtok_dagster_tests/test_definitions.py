@@ -1,5 +1,6 @@
 """The code location loads, validates with the dagster CLI, and describes itself for the UI."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def test_every_asset_explains_itself(data_dir, model_dir):
         node = graph.get(key)
         spec = node.to_asset_spec() if hasattr(node, "to_asset_spec") else None
         assert node.description, key
-        assert node.group_name in ("raw", "dedicated", "corpora", "vocab", "tokenizers", "descriptions", "model", "training"), key
+        assert node.group_name in ("raw", "dedicated", "corpora", "vocab", "tokenizers", "descriptions", "model", "training", "evaluation"), key
         if node.is_materializable:
             assert node.code_version, key
             assert spec is None or spec.kinds, key
@@ -35,3 +36,19 @@ def test_corpora_are_discovered_from_the_data_dir(data_dir, model_dir):
     (data_dir / "01_raw" / "00_korean" / "my_corpus").mkdir()
     defs = build_definitions(str(data_dir), str(model_dir), "embedded:gemma3-270m")
     assert "my_corpus" in defs.resolve_asset_graph().get(dg.AssetKey("korean_corpora")).partitions_def.get_partition_keys()
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports (``import x`` and ``from x import y``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+
+
+def test_layering_assets_never_import_assets_and_core_never_imports_dagster():
+    """Asset modules share helpers through layout, readers, partitions and core, never through each other."""
+    package = Path(__file__).resolve().parents[1] / "medtok_dagster"
+    for module in sorted((package / "assets").glob("*.py")):
+        assert not [m for m in imported_modules(module) if m.startswith("medtok_dagster.assets")], module.name
+    for module in sorted((package / "core").glob("*.py")):
+        assert not [m for m in imported_modules(module) if m.split(".")[0] == "dagster"], module.name

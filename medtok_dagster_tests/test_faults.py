@@ -25,6 +25,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from medtok_dagster import layout
 from medtok_dagster.assets import corpora, dedicated, tokenizers
 from medtok_dagster.core import tokenizer_build, training
 from medtok_dagster.core.corpus import read_lines_parquet, write_lines_parquet
@@ -195,10 +196,10 @@ def test_rematerializing_a_tokenizer_variant_swaps_the_directory_atomically(data
     assert dg.materialize(assets, selection=dg.AssetSelection.assets(*upstream), resources=resources).success
 
     def variant(budget: int) -> dg.ExecuteInProcessResult:
-        config = {"ops": {"tokenizer_variants": {"config": {"budgets": {**tokenizers.DEFAULT_BUDGETS, "dedicated": budget}}}}}
+        config = {"ops": {"tokenizer_variants": {"config": {"budgets": {"dedicated": budget}}}}}
         return dg.materialize(assets, selection=["tokenizer_variants"], partition_key="dedicated", resources=resources, run_config=config)
 
-    final = tokenizers.variant_dir(PathsResource(data_dir=str(data_dir), model_dir=str(model_dir)), "dedicated")
+    final = layout.variant_dir(PathsResource(data_dir=str(data_dir), model_dir=str(model_dir)), "dedicated")
     assert variant(4000).success and stats_budget(final) == 4000
     old_files = snapshot(final)
     held = {name: (final / name).open("rb") for name in old_files}

@@ -29,7 +29,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from medtok_dagster import checks
+from medtok_dagster import checks, layout, partitions
 from medtok_dagster.assets import dedicated, descriptions, model, tokenizers
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import embeddings, training
@@ -140,7 +140,7 @@ def variant_dir_for(paths: PathsResource, base_dir: Path, added: list[str]) -> i
     """
     from tokenizers import AddedToken, Tokenizer
 
-    target = tokenizers.variant_dir(paths, "ded_medical")
+    target = layout.variant_dir(paths, "ded_medical")
     shutil.copytree(base_dir, target, ignore=shutil.ignore_patterns("*.safetensors", "tokenizer.json"))
     backend = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
     base_len = backend.get_vocab_size()
@@ -362,7 +362,7 @@ PER_VARIANT = ("tokenizer_variants", "token_descriptions")
 
 def upstream_specs(asset: dg.AssetsDefinition) -> list[dg.AssetSpec]:
     """Stand-ins for the asset's upstream keys so it can be materialized alone."""
-    return [dg.AssetSpec(key, partitions_def=tokenizers.variant_partitions if key.path[0] in PER_VARIANT else None) for key in asset.dependency_keys]
+    return [dg.AssetSpec(key, partitions_def=partitions.variant_partitions if key.path[0] in PER_VARIANT else None) for key in asset.dependency_keys]
 
 
 def escaping(tmp_path: Path, secret: Path, under: str) -> list[str]:

@@ -5,14 +5,15 @@ from typing import Optional
 import dagster as dg
 import pandas as pd
 
-from medtok_dagster.assets.dedicated import InputConfig
-from medtok_dagster.assets.raw import CORPORA_KEY, corpus_partitions
-from medtok_dagster.checks import held_out_questions, leak_check_result, read_train_split
+from medtok_dagster import layout
+from medtok_dagster.configs import InputConfig
+from medtok_dagster.checks import leak_check_result
 from medtok_dagster.core import corpus, dictionary
 from medtok_dagster.metadata import md_table, skip_metadata
+from medtok_dagster.partitions import CORPORA_SOURCE, corpus_partitions
+from medtok_dagster.readers import held_out_questions, read_train_split
 from medtok_dagster.resources import (
     GENERAL_CORPORA_DIR,
-    GENERAL_SAMPLE_DIR,
     MEDICAL_CORPUS_PARQUET,
     MEDICAL_DICTIONARY,
     PathsResource,
@@ -72,7 +73,7 @@ def build_general_corpus_sample(corpora: list[str]) -> dg.AssetsDefinition:
         name="general_corpus_sample",
         partitions_def=corpus_partitions(corpora),
         group_name=GROUP,
-        deps=[CORPORA_KEY],
+        deps=[CORPORA_SOURCE],
         kinds={"parquet", "duckdb"},
         code_version=CODE_VERSION,
         metadata={"partition_expr": "corpus"},
@@ -87,8 +88,8 @@ def build_general_corpus_sample(corpora: list[str]) -> dg.AssetsDefinition:
             lenient=config.lenient, progress=lambda shards, lines: context.log.info("%s: %d shards, %d lines read", name, shards, lines),
         )
         train, heldout = corpus.split_heldout_arrow(sample.lines, config.heldout_permille)
-        out = corpus.write_lines_parquet(train, paths.model(GENERAL_SAMPLE_DIR, f"{name}.parquet"))
-        corpus.write_lines_parquet(heldout, paths.model(GENERAL_SAMPLE_DIR, f"{name}.heldout.parquet"))
+        out = corpus.write_lines_parquet(train, layout.general_sample_file(paths, name))
+        corpus.write_lines_parquet(heldout, layout.general_sample_file(paths, name, heldout=True))
         summary = pd.DataFrame(
             [{
                 "corpus": name,

@@ -3,21 +3,15 @@
 import dagster as dg
 import pandas as pd
 
-from medtok_dagster.checks import read_train_split
+from medtok_dagster.configs import InputConfig
 from medtok_dagster.core import dedicated, dictionary
 from medtok_dagster.core.io import atomic_write_json, atomic_write_text
 from medtok_dagster.metadata import md_counts, md_plot, md_table, skip_metadata
+from medtok_dagster.readers import read_train_split
 from medtok_dagster.resources import MCQ_TRAIN, MEDICAL_DICTIONARY, TOKENIZER_DATA_DIR, USER_TOKENS, PathsResource
 
 GROUP = "dedicated"
 CODE_VERSION = "1"
-
-
-class InputConfig(dg.Config):
-    """How strictly raw files are read."""
-
-    lenient: bool = False
-    """Skip and count bad records instead of failing on the first one (file and line in metadata)."""
 
 
 class DedicatedConfig(dg.Config):

@@ -1,69 +1,195 @@
-"""Initialised models (variant × LoRA profile) and the measured comparison of initialisation strategies."""
+"""New rows for the extended vocabulary: distilled rows, initialised models, and the measured strategy comparison."""
 
-import json
+import copy
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import dagster as dg
 import pandas as pd
 from pydantic import field_validator
 
-from medtok_dagster.assets.descriptions import REVIEWED_FILE
-from medtok_dagster.assets.tokenizers import VARIANTS, variant_dir, variant_partitions
+from medtok_dagster import layout
 from medtok_dagster.core import base_model as core_base_model
-from medtok_dagster.core import embeddings, metrics, training
-from medtok_dagster.core.corpus import read_lines_parquet
-from medtok_dagster.core.dedicated import MCQ_REQUIRED_FIELDS
-from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_json, read_jsonl
+from medtok_dagster.core import distill, embeddings, lm_metrics, training
+from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_json
+from medtok_dagster.core.variants import VARIANTS
 from medtok_dagster.metadata import md_counts, md_plot, md_table
-from medtok_dagster.resources import MCQ_TEST, MEDICAL_CORPUS_PARQUET, TOKENIZER_DATA_DIR, BaseModelResource, PathsResource
+from medtok_dagster.partitions import BY_VARIANT, model_partitions, variant_partitions
+from medtok_dagster.readers import exam_questions, general_heldout_lines, general_training_lines, medical_lines
+from medtok_dagster.resources import BaseModelResource, PathsResource
 
 GROUP = "model"
-CODE_VERSION = "1"
-DEFAULT_STRATEGY = "subtoken_mean"
-"""Chosen by `init_comparison`: lowest held-out bits/char after init and after quick training (see README)."""
-profile_partitions = dg.StaticPartitionsDefinition(list(training.PROFILES))
-model_partitions = dg.MultiPartitionsDefinition({"variant": variant_partitions, "profile": profile_partitions})
-BY_VARIANT = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant")
-
-
-class InitConfig(dg.Config):
-    """How new rows are initialised and trained."""
-
-    strategy: str = DEFAULT_STRATEGY
-    """zero | random | mean | subtoken_mean | description_mean | hybrid (default measured best by `init_comparison`)."""
-    embedding_mode: Optional[str] = None
-    """trainable_tokens (small adapter) | modules_to_save (prototype, 1.3–4 GB) | frozen; default from the profile."""
-    seed: int = 0
-
-
-def device_settings() -> tuple[str, object]:
-    """fp32 on CPU, bf16 on a GPU."""
-    import torch
-
-    return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+CODE_VERSION = "2"
+DISTILL = "distill"
+STRATEGIES = (*embeddings.STRATEGIES, DISTILL)
+DEFAULT_STRATEGY = DISTILL
+"""Chosen by `init_comparison`: lowest held-out bits/char right after init (see README)."""
+CPU_DISTILL_TOKENS = 300
+"""Without a GPU, distil the this-many most frequent new tokens (the rest keep `subtoken_mean`)."""
+ALL_CORPUS_SAMPLES = dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping())
 
 
 def new_tokens(paths: PathsResource, variant: str, table: pd.DataFrame) -> list[embeddings.NewToken]:
-    """The variant's new rows joined with their reviewed descriptions."""
-    reviewed = {r["token"]: r for r in json.loads(paths.data(TOKENIZER_DATA_DIR, f"medgemma_{variant}", REVIEWED_FILE).read_text(encoding="utf-8"))}
+    """The variant's new rows joined with their reviewed descriptions (empty until `token_descriptions` ran)."""
+    reviewed_file = layout.reviewed_descriptions(paths, variant)
+    reviewed = {r["token"]: r for r in read_json(reviewed_file)} if reviewed_file.exists() else {}
     return [
         embeddings.NewToken(row.token, int(row.id), row.source, reviewed.get(row.token, {}).get("description", ""), reviewed.get(row.token, {}).get("method", ""))
         for row in table.sort_values("id").itertuples()
     ]
 
 
-def build_initialized(base_model: BaseModelResource, paths: PathsResource, variant: str, tokens: list[embeddings.NewToken], strategy: str, quantization: Optional[str], seed: int = 0):
-    """Base model resized to the variant tokenizer with new rows initialised by ``strategy``."""
-    device, dtype = device_settings()
-    tokenizer = core_base_model.load_local_tokenizer(variant_dir(paths, variant))
-    base_len = read_json(variant_dir(paths, variant) / "token_mapping.json")["original_vocab_size"]
+def tokens_of_variant(paths: PathsResource, variant: str) -> list[embeddings.NewToken]:
+    """The variant's new rows read from its saved tokenizer (and reviewed descriptions when present)."""
+    tokenizer = core_base_model.load_local_tokenizer(layout.variant_dir(paths, variant))
+    ids = list(range(base_vocab_size(paths, variant), len(tokenizer)))
+    table = pd.DataFrame({"token": tokenizer.convert_ids_to_tokens(ids), "id": ids, "source": "variant"})
+    return new_tokens(paths, variant, table)
+
+
+def base_vocab_size(paths: PathsResource, variant: str) -> int:
+    return int(read_json(layout.variant_dir(paths, variant) / layout.TOKEN_MAPPING)["original_vocab_size"])
+
+
+def training_lines(paths: PathsResource) -> list[str]:
+    """Every line the model may learn from: the medical corpus and the general samples (never the test split)."""
+    return medical_lines(paths) + general_training_lines(paths)
+
+
+def build_initialized(
+    base_model: BaseModelResource, paths: PathsResource, variant: str, tokens: list[embeddings.NewToken], strategy: str, quantization: Optional[str], seed: int = 0
+):
+    """Base model resized to the variant tokenizer with new rows initialised by ``strategy``.
+
+    ``distill`` starts from ``subtoken_mean`` and writes the rows `distilled_embeddings` learned.
+    """
+    device, dtype = training.compute_settings()
+    tokenizer = core_base_model.load_local_tokenizer(layout.variant_dir(paths, variant))
+    base_len = base_vocab_size(paths, variant)
     source = base_model.source()
     model = core_base_model.load_causal_lm(source, dtype=dtype, quantization=quantization, device_map=device if quantization else None)
     rows = embeddings.resize_for(model, len(tokenizer))
-    plan = embeddings.plan_init(tokens, strategy, core_base_model.load_tokenizer(source), base_len)
+    heuristic = "subtoken_mean" if strategy == DISTILL else strategy
+    plan = embeddings.plan_init(tokens, heuristic, core_base_model.load_tokenizer(source), base_len)
     info = embeddings.apply_init(model, plan, base_len, seed=seed)
+    if strategy == DISTILL:
+        result = distill.load_rows(layout.distilled_dir(paths, variant), len(tokens))
+        distill.apply(model, result, base_len)
+        info["methods"] = {"distill": len(result.distilled), "subtoken_mean (no context)": len(tokens) - len(result.distilled)}
     return model.to(device) if not quantization else model, tokenizer, {**info, "embedding_rows": rows, "base_vocab_size": base_len}
+
+
+class DistillAssetConfig(dg.Config):
+    """How much distillation to do; unset `max_tokens` means all tokens on a GPU and the top 300 on a CPU."""
+
+    max_tokens: Optional[int] = None
+    """Distil the N new tokens most frequent in the training corpora (0 = all; unset = all with a GPU, 300 without)."""
+    contexts_per_token: int = 24
+    context_before: int = 24
+    context_after: int = 8
+    epochs: float = 2.0
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    output_weight: float = 0.0
+    """Weight of the output-side objective on the tied row (0: measured best, see README)."""
+    keep_output: float = 0.9
+    """Freeze the row directions that carry this share of the teacher's hidden-state energy, so the
+    tied row keeps its output calibration while its input side is learned (0 = off)."""
+    seed: int = 0
+
+    def core(self) -> distill.DistillConfig:
+        cpu_default = 0 if training.compute_settings()[0] == "cuda" else CPU_DISTILL_TOKENS
+        settings = self.model_dump()
+        settings["max_tokens"] = cpu_default if self.max_tokens is None else self.max_tokens
+        return distill.DistillConfig(mode="tied", **settings)
+
+
+def coverage(tokenizer, base_len: int, distilled: set[int], texts: list[str]) -> tuple[float, int]:
+    """Share of new-token occurrences in ``texts`` whose rows were distilled, and the occurrence count."""
+    counts = distill.count_occurrences(lm_metrics.encode_plain(tokenizer, texts), base_len)
+    total = sum(counts.values())
+    return (sum(n for i, n in counts.items() if i in distilled) / total if total else 0.0), total
+
+
+@dg.asset(
+    partitions_def=variant_partitions,
+    group_name=GROUP,
+    kinds={"pytorch", "safetensors", "duckdb"},
+    code_version=CODE_VERSION,
+    pool="gpu",
+    ins={"tokenizer_variants": dg.AssetIn()},
+    deps=["medical_corpus", ALL_CORPUS_SAMPLES],
+    metadata={"partition_expr": "variant"},
+    description="New rows learned by token distillation with the base model frozen, from training-corpus contexts; resumable; loss curve table.",
+)
+def distilled_embeddings(
+    context: dg.AssetExecutionContext, config: DistillAssetConfig, paths: PathsResource, base_model: BaseModelResource, tokenizer_variants: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
+    variant = context.partition_key
+    settings = config.core()
+    tokens = new_tokens(paths, variant, tokenizer_variants)
+    model, tokenizer, _ = build_initialized(base_model, paths, variant, tokens, "subtoken_mean", None)
+    base_len = base_vocab_size(paths, variant)
+    lines = training_lines(paths)
+    started = time.monotonic()
+    result = distill.distill(
+        model, tokenizer, base_model.load_tokenizer(), lines, [t.token_id for t in tokens], base_len, settings,
+        checkpoint_dir=layout.distill_checkpoints(paths, variant), log=context.log.info,
+    )
+    seconds = time.monotonic() - started
+    held_out = [q.question for q in exam_questions(paths)] + general_heldout_lines(paths)
+    share, occurrences = coverage(tokenizer, base_len, set(result.distilled), held_out)
+    info = {
+        "variant": variant, "base_model": base_model.name_or_path, "config": settings.__dict__, "base_vocab_size": base_len,
+        "new_tokens": len(tokens), "distilled": len(result.distilled), "fallback_subtoken_mean": len(result.fallback),
+        "selected": len(result.selected), "contexts": result.contexts, "steps": result.steps, "resumed_from_step": result.resumed_from,
+        "seconds": round(seconds, 1), "heldout_coverage": round(share, 4), "heldout_new_token_occurrences": occurrences, **result.stats,
+    }
+    with atomic_dir(layout.distilled_dir(paths, variant)) as staging:
+        distill.save_rows(staging, result)
+        atomic_write_json(staging / layout.DISTILL_INFO, info)
+    history = pd.DataFrame(result.history or [{"step": 0, "hidden_loss": float("nan"), "output_loss": float("nan")}]).assign(variant=variant)
+
+    def draw(ax):
+        ax.plot(history["step"], history["hidden_loss"], label="hidden-state loss (input side)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("normalised squared distance")
+        ax.legend()
+
+    return dg.Output(
+        history,
+        metadata={
+            "path": dg.MetadataValue.path(str(layout.distilled_dir(paths, variant))),
+            "dagster/row_count": len(history),
+            "distilled_tokens": len(result.distilled),
+            "fallback_tokens": dg.MetadataValue.int(len(result.fallback)),
+            "fallback": f"{len(result.fallback)} rows without a training context keep subtoken_mean",
+            "contexts": result.contexts,
+            "heldout_coverage": dg.MetadataValue.float(round(share, 3)),
+            "tokens_per_second": result.stats.get("tokens_per_second", 0.0),
+            "seconds_per_distilled_token": round(seconds / max(len(result.distilled), 1), 3),
+            "seconds": round(seconds, 1),
+            "resumed_from_step": result.resumed_from,
+            "loss_curve": md_plot(draw),
+        },
+    )
+
+
+class InitConfig(dg.Config):
+    """How new rows are initialised and trained."""
+
+    strategy: str = DEFAULT_STRATEGY
+    """zero | random | mean | subtoken_mean | description_mean | hybrid | distill (default: measured best by `init_comparison`)."""
+    embedding_mode: Optional[str] = None
+    """trainable_tokens (small adapter) | modules_to_save (prototype, 1.3–4 GB) | frozen; default from the profile."""
+    seed: int = 0
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, strategy: str) -> str:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown init strategy {strategy!r}; choose one of {STRATEGIES}")
+        return strategy
 
 
 @dg.asset(
@@ -72,7 +198,7 @@ def build_initialized(base_model: BaseModelResource, paths: PathsResource, varia
     kinds={"pytorch", "safetensors"},
     code_version=CODE_VERSION,
     ins={"tokenizer_variants": dg.AssetIn(partition_mapping=BY_VARIANT)},
-    deps=[dg.AssetDep("token_descriptions", partition_mapping=BY_VARIANT)],
+    deps=[dg.AssetDep("token_descriptions", partition_mapping=BY_VARIANT), dg.AssetDep("distilled_embeddings", partition_mapping=BY_VARIANT)],
     description="Base model resized to a variant tokenizer, new rows initialised, LoRA attached; adapter + tokenizer + init_info.json.",
 )
 def initialized_model(
@@ -86,7 +212,7 @@ def initialized_model(
     model, tokenizer, info = build_initialized(base_model, paths, variant, tokens, config.strategy, lora.quantization, config.seed)
     peft_model = training.attach_lora(model, lora, [t.token_id for t in tokens], mode)
     counts = training.parameter_counts(peft_model)
-    target = paths.model("raw_lora_added", lora.name, variant)
+    target = layout.initialised_dir(paths, lora.name, variant)
     with atomic_dir(target) as staging:
         sizes = training.save_adapter(peft_model, tokenizer, staging, [t.token_id for t in tokens], mode)
         init_info = {
@@ -95,7 +221,7 @@ def initialized_model(
             "base_vocab_size": info["base_vocab_size"], "embedding_rows": info["embedding_rows"], **counts, **sizes,
             "seconds": round(time.monotonic() - started, 1),
         }
-        atomic_write_json(staging / "init_info.json", init_info)
+        atomic_write_json(staging / training.INIT_INFO, init_info)
     context.log.info("Initialised %d rows of %s for %s (%s)", len(tokens), variant, lora.name, info["methods"])
     return dg.MaterializeResult(
         metadata={
@@ -112,14 +238,17 @@ def initialized_model(
 
 
 class InitComparisonConfig(dg.Config):
-    """Which variant and profile to compare strategies on, and how many quick steps to train."""
+    """Which variant and profile to compare strategies on, on how many held-out questions, and how many quick steps."""
 
     variant: str = "ded_medical"
     profile: str = "embedded"
-    strategies: list[str] = list(embeddings.STRATEGIES)
+    strategies: list[str] = list(STRATEGIES)
     steps: int = 20
+    """Quick LoRA steps after init for the second column (0: compare right after init only)."""
     eval_texts: int = 112
+    """Held-out exam questions scored (at least 64 so that differences are real)."""
     batch_size: int = 4
+    block_tokens: int = 128
 
     @field_validator("variant")
     @classmethod
@@ -129,14 +258,47 @@ class InitComparisonConfig(dg.Config):
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
         return variant
 
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, strategies: list[str]) -> list[str]:
+        unknown = sorted(set(strategies) - set(STRATEGIES))
+        if unknown:
+            raise ValueError(f"unknown init strategies {unknown}; choose from {STRATEGIES}")
+        return strategies
+
+    @field_validator("eval_texts")
+    @classmethod
+    def _enough_questions(cls, eval_texts: int) -> int:
+        if eval_texts < 64:
+            raise ValueError("compare strategies on at least 64 held-out questions; fewer cannot separate them")
+        return eval_texts
+
+
+def comparison_rows(
+    strategy: str, stage: str, score: lm_metrics.TextScore, reference: lm_metrics.TextScore
+) -> dict[str, object]:
+    """One row of the comparison: the fair metric, and how far from the base model it is."""
+    return {
+        "strategy": strategy, "stage": stage, **score.as_row(),
+        "vs_base": round(score.bits_per_char / reference.bits_per_char - 1, 4),
+    }
+
+
+def in_precision(model: Any, dtype: Any, keep: bool) -> Any:
+    """The model in the scoring precision (that of the base reference); a copy when the original still trains."""
+    if model.dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(dtype) if keep else model.to(dtype)
+
 
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "duckdb"},
     code_version=CODE_VERSION,
-    deps=["mcq_test", "medical_corpus", dg.AssetDep("token_descriptions", partition_mapping=dg.AllPartitionMapping())],
+    deps=["mcq_test", "medical_corpus", dg.AssetDep("token_descriptions", partition_mapping=dg.AllPartitionMapping()),
+          dg.AssetDep("distilled_embeddings", partition_mapping=dg.AllPartitionMapping())],
     ins={"tokenizer_variants": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
-    description="Held-out loss and bits/char for every init strategy, right after init and after K quick steps, vs the base model.",
+    description="Held-out bits/char (every character scored) for every init strategy, right after init and after K quick steps, vs the base model.",
 )
 def init_comparison(
     context: dg.AssetExecutionContext, config: InitComparisonConfig, paths: PathsResource, base_model: BaseModelResource, tokenizer_variants: pd.DataFrame
@@ -144,33 +306,35 @@ def init_comparison(
     lora = training.profile(config.profile)
     table = tokenizer_variants[tokenizer_variants["variant"] == config.variant]
     tokens = new_tokens(paths, config.variant, table)
-    records, _ = read_jsonl(paths.data(MCQ_TEST), MCQ_REQUIRED_FIELDS, lenient=True)
-    held_out = [r.data["question"] for r in records][: config.eval_texts]
-    train_texts = read_lines_parquet(paths.model(MEDICAL_CORPUS_PARQUET))
-    device, dtype = device_settings()
+    held_out = [q.question for q in exam_questions(paths)][: config.eval_texts]
+    device, dtype = training.inference_settings()
     source = base_model.source()
     base = core_base_model.load_causal_lm(source, dtype=dtype).to(device)
-    reference = metrics.heldout_loss(base, core_base_model.load_tokenizer(source), held_out, batch_size=config.batch_size)
+    reference = lm_metrics.score_texts(base, core_base_model.load_tokenizer(source), held_out)
     del base
-    rows = [{"strategy": "base model, base tokenizer", "stage": "reference", **vars(reference)}]
+    rows = [comparison_rows("base model, base tokenizer", "reference", reference, reference)]
+    blocks: list[list[int]] = []
     for strategy in config.strategies:
-        model, tokenizer, info = build_initialized(base_model, paths, config.variant, tokens, strategy, None)
-        rows.append({"strategy": strategy, "stage": "after_init", **vars(metrics.heldout_loss(model, tokenizer, held_out, batch_size=config.batch_size))})
-        peft_model = training.attach_lora(model, lora, [t.token_id for t in tokens], "trainable_tokens")
-        training.quick_train(peft_model, tokenizer, train_texts, config.steps, lora.learning_rate, batch_size=config.batch_size)
-        rows.append({"strategy": strategy, "stage": f"after_{config.steps}_steps", **vars(metrics.heldout_loss(peft_model, tokenizer, held_out, batch_size=config.batch_size))})
+        model, tokenizer, _ = build_initialized(base_model, paths, config.variant, tokens, strategy, None)
+        rows.append(comparison_rows(strategy, "after_init", lm_metrics.score_texts(in_precision(model, dtype, keep=bool(config.steps)), tokenizer, held_out), reference))
+        if config.steps:
+            blocks = blocks or training.pack_blocks(
+                lm_metrics.encode_plain(tokenizer, medical_lines(paths)), config.block_tokens, tokenizer.bos_token_id, tokenizer.eos_token_id
+            )
+            peft_model = training.attach_lora(model, lora, [t.token_id for t in tokens], "trainable_tokens")
+            training.quick_train(peft_model, blocks, tokenizer.bos_token_id, config.steps, lora.learning_rate, batch_size=config.batch_size)
+            rows.append(comparison_rows(strategy, f"after_{config.steps}_steps", lm_metrics.score_texts(in_precision(peft_model, dtype, keep=False), tokenizer, held_out), reference))
         context.log.info("%s: %s", strategy, rows[-1])
-        del model, peft_model
+        del model
     frame = pd.DataFrame(rows)
-    trained = frame[frame["stage"].str.startswith("after_") & (frame["stage"] != "after_init")]
-    best = trained.sort_values("bits_per_char").iloc[0]["strategy"]
-    mean_bpc = trained.loc[trained["strategy"] == "mean", "bits_per_char"]
+    after_init = frame[frame["stage"] == "after_init"].sort_values("bits_per_char")
+    best = after_init.iloc[0]["strategy"]
     pivot = frame.pivot_table(index="strategy", columns="stage", values="bits_per_char")
 
     def draw(ax):
-        pivot.drop(index="base model, base tokenizer", errors="ignore").plot.bar(ax=ax)
+        pivot.drop(index="base model, base tokenizer", errors="ignore").drop(columns="reference", errors="ignore").plot.bar(ax=ax)
         ax.axhline(reference.bits_per_char, color="black", linestyle="--", label="base model")
-        ax.set_ylabel("held-out bits per character")
+        ax.set_ylabel("held-out exam bits per character")
         ax.legend(fontsize=7)
 
     return dg.Output(
@@ -178,11 +342,13 @@ def init_comparison(
         metadata={
             "dagster/row_count": len(frame),
             "variant": config.variant,
+            "questions": len(held_out),
+            "base_bits_per_char": round(reference.bits_per_char, 3),
             "best_strategy": best,
             "recommended_default": best,
-            "best_vs_mean_bits_per_char": round(float(mean_bpc.iloc[0] - trained["bits_per_char"].min()), 4) if len(mean_bpc) else 0.0,
-            "bits_per_char": dg.MetadataValue.md(pivot.round(4).to_markdown()),
-            "table": md_table(frame.round(4), rows=len(frame)),
+            "best_vs_base": f"{after_init.iloc[0]['vs_base']:+.1%}",
+            "bits_per_char": dg.MetadataValue.md(pivot.round(3).to_markdown()),
+            "table": md_table(frame, rows=len(frame)),
             "comparison": md_plot(draw),
         },
     )

@@ -10,6 +10,7 @@ import dagster as dg
 
 from medtok_dagster.automation import observe_condition
 from medtok_dagster.core.io import tree_fingerprint
+from medtok_dagster.partitions import CORPORA_SOURCE, corpus_partitions
 from medtok_dagster.resources import GENERAL_CORPORA_DIR, MCQ_TEST, MCQ_TRAIN, MEDICAL_DICTIONARY, USER_TOKENS, PathsResource
 
 RAW_GROUP = "raw"
@@ -19,12 +20,6 @@ FIXED_SOURCES: dict[str, tuple[str, str]] = {
     "medical_dictionary": (MEDICAL_DICTIONARY, "Korean medical dictionary: [{term, definition}]."),
     "user_tokens_file": (USER_TOKENS, "User-defined structural tokens, one per line."),
 }
-CORPORA_KEY = "korean_corpora"
-
-
-def corpus_partitions(corpora: list[str]) -> dg.StaticPartitionsDefinition:
-    """One partition per general corpus directory (shared by the raw asset and its sample)."""
-    return dg.StaticPartitionsDefinition(corpora)
 
 
 def _observe(path, key: str) -> dg.ObserveResult:
@@ -54,7 +49,7 @@ def build_corpora_source(corpora: list[str]) -> dg.AssetsDefinition:
 
     @dg.multi_observable_source_asset(
         specs=[
-            dg.AssetSpec(CORPORA_KEY, group_name=RAW_GROUP, kinds={"arrow"}, automation_condition=observe_condition(),
+            dg.AssetSpec(CORPORA_SOURCE, group_name=RAW_GROUP, kinds={"arrow"}, automation_condition=observe_condition(),
                          metadata={"path": GENERAL_CORPORA_DIR},
                          description="General Korean corpora (arrow, parquet, jsonl or txt shards), one partition per directory.")
         ],
@@ -62,6 +57,6 @@ def build_corpora_source(corpora: list[str]) -> dg.AssetsDefinition:
     )
     def observe_korean_corpora(context: dg.AssetExecutionContext, paths: PathsResource):
         """Version one corpus directory from its shards' names, sizes and mtimes."""
-        yield _observe(paths.data(GENERAL_CORPORA_DIR, context.partition_key), CORPORA_KEY)
+        yield _observe(paths.data(GENERAL_CORPORA_DIR, context.partition_key), CORPORA_SOURCE)
 
     return observe_korean_corpora

@@ -7,30 +7,20 @@ import dagster as dg
 import pandas as pd
 from pydantic import field_validator
 
+from medtok_dagster import layout
+from medtok_dagster.core.variants import DEFAULT_BUDGETS, VARIANT_TIERS, VARIANTS, uses_general_corpus
+from medtok_dagster.partitions import variant_partitions
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import metrics, tokenizer_build
-from medtok_dagster.core.corpus import read_lines_parquet
-from medtok_dagster.core.dedicated import MCQ_REQUIRED_FIELDS, is_special_char
+from medtok_dagster.core.dedicated import is_special_char
 from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_jsonl
 from medtok_dagster.metadata import md_counts, md_plot, md_table
-from medtok_dagster.resources import (
-    EVAL_DIR,
-    GENERAL_SAMPLE_DIR,
-    MCQ_TEST,
-    MEDICAL_CORPUS_PARQUET,
-    TOKENIZER_DIR,
-    BaseModelResource,
-    PathsResource,
-    relative_path,
-)
+from medtok_dagster.readers import CONTROL_TEXTS, control_texts, general_heldout_lines, general_training_lines, medical_lines, read_test_split
+from medtok_dagster.resources import BaseModelResource, PathsResource, relative_path
 
 GROUP = "tokenizers"
 CODE_VERSION = "1"
-VARIANTS = ["dedicated", "ded_medical", "ded_med_normal"]
-VARIANT_TIERS = {"dedicated": (), "ded_medical": ("medical",), "ded_med_normal": ("medical", "general")}
-DEFAULT_BUDGETS = {"dedicated": 4700, "ded_medical": 10700, "ded_med_normal": 20600}
 DEFAULT_STRATEGY = "added_tokens"
-variant_partitions = dg.StaticPartitionsDefinition(VARIANTS)
 
 
 class VariantConfig(dg.Config):
@@ -38,30 +28,30 @@ class VariantConfig(dg.Config):
 
     strategy: str = DEFAULT_STRATEGY
     """`added_tokens` (tokenizer.add_tokens, any HF tokenizer) or `bpe_merge` (new BPE entries and merges)."""
-    budgets: dict[str, int] = DEFAULT_BUDGETS
-    """Maximum new vocabulary entries per variant (Tier 1 included)."""
+    budgets: dict[str, int] = {}
+    """Budget overrides by variant (Tier 1 included); a variant not named keeps its default (4,700 / 10,700 / 20,600)."""
+
+    @field_validator("budgets")
+    @classmethod
+    def _known_variants(cls, budgets: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(budgets) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"budgets for unknown variants {unknown}; variants are {list(VARIANTS)}")
+        return budgets
+
+    def budget(self, variant: str) -> int:
+        """The variant's budget: its override, else its default."""
+        return {**DEFAULT_BUDGETS, **self.budgets}[variant]
     medical_share: float = 0.5
     """Weight of the medical corpus among training units when a general corpus is mixed in."""
 
 
-def variant_dir(paths: PathsResource, variant: str):
-    """Where a variant's `save_pretrained` directory lives (the prototype's layout)."""
-    return paths.model(TOKENIZER_DIR, f"medgemma_{variant}")
-
-
-def general_sample_files(paths: PathsResource, suffix: str = ".parquet") -> list:
-    """The general corpus sample files of every configured corpus (held-out files use another suffix)."""
-    return [paths.model(GENERAL_SAMPLE_DIR, f"{name}{suffix}") for name in paths.general_corpus_dirs()]
-
-
 def training_units(paths: PathsResource, variant: str, medical_share: float) -> Counter:
     """Word units and counts the variant's selection is measured on (medical, plus general for the mixed variant)."""
-    medical = tokenizer_build.unit_frequencies(read_lines_parquet(paths.model(MEDICAL_CORPUS_PARQUET)))
-    if "general" not in VARIANT_TIERS[variant]:
+    medical = tokenizer_build.unit_frequencies(medical_lines(paths))
+    if not uses_general_corpus(variant):
         return medical
-    general: Counter = Counter()
-    for path in general_sample_files(paths):
-        general.update(tokenizer_build.unit_frequencies(read_lines_parquet(path)))
+    general = tokenizer_build.unit_frequencies(general_training_lines(paths))
     return tokenizer_build.mix_units(medical, general, medical_share)
 
 
@@ -104,18 +94,18 @@ def tokenizer_variants(
     candidates = notation + [tokenizer_build.Candidate(t, tier) for t, tier in zip(pool["token"], pool["tier"])]
     started = time.monotonic()
     plan = tokenizer_build.plan_variant(
-        base, config.strategy, tier1, forced, candidates, units, config.budgets[variant],
+        base, config.strategy, tier1, forced, candidates, units, config.budget(variant),
         progress=lambda used, budget: context.log.info("%s: %d / %d entries selected", variant, used, budget),
     )
     seconds = time.monotonic() - started
-    with atomic_dir(variant_dir(paths, variant)) as staging:
+    with atomic_dir(layout.variant_dir(paths, variant)) as staging:
         tokenizer = tokenizer_build.build_extended_tokenizer(base, config.strategy, plan.tier1, plan.selection, plan.merges, staging)
         mapping = tokenizer_build.token_mapping(len(base), tokenizer, config.strategy)
         frame = tokenizer_build.token_table(plan, tokenizer, tier1_sources)
         stats = {
             "variant": variant,
             "strategy": config.strategy,
-            "budget": config.budgets[variant],
+            "budget": config.budget(variant),
             "original_vocab_size": len(base),
             "new_vocab_size": len(tokenizer),
             "tokens_added": mapping["tokens_added"],
@@ -128,15 +118,15 @@ def tokenizer_variants(
             "by_kind": frame["kind"].value_counts().to_dict(),
             "selection_seconds": round(seconds, 1),
         }
-        atomic_write_json(staging / "token_mapping.json", mapping)
-        atomic_write_json(staging / f"{variant}_stats.json", stats)
+        atomic_write_json(staging / layout.TOKEN_MAPPING, mapping)
+        atomic_write_json(staging / layout.variant_stats(paths, variant).name, stats)
     frame.insert(0, "variant", variant)
     curve = plan.selection.curve()
     return dg.Output(
         frame,
         metadata={
             "dagster/row_count": len(frame),
-            "path": dg.MetadataValue.path(str(variant_dir(paths, variant))),
+            "path": dg.MetadataValue.path(str(layout.variant_dir(paths, variant))),
             "strategy": config.strategy,
             "tokens_added": mapping["tokens_added"],
             "new_vocab_size": len(tokenizer),
@@ -166,13 +156,13 @@ class EfficiencyConfig(dg.Config):
 
 def heldout_texts(paths: PathsResource, extra: list[str]) -> dict[str, list[str]]:
     """Held-out texts by type: test.jsonl (eval only), general corpus held-out lines, English and code."""
-    records, _ = read_jsonl(paths.data(MCQ_TEST), MCQ_REQUIRED_FIELDS, lenient=True)
-    texts = metrics.mcq_eval_texts([r.data for r in records], is_special_char)
-    texts["general_korean"] = [line for path in general_sample_files(paths, ".heldout.parquet") if path.exists() for line in read_lines_parquet(path)]
-    for name in ("english", "code", *extra):
-        relative = f"{EVAL_DIR}/{name}.jsonl" if name in ("english", "code") else name
+    texts = metrics.mcq_eval_texts([r.data for r in read_test_split(paths)], is_special_char)
+    texts["general_korean"] = general_heldout_lines(paths)
+    for name in CONTROL_TEXTS:
+        texts[name] = control_texts(paths, name)
+    for relative in extra:
         rows, _ = read_jsonl(paths.data(relative), ("text",))
-        texts[name if name in ("english", "code") else relative] = [r.data["text"] for r in rows]
+        texts[relative] = [r.data["text"] for r in rows]
     return texts
 
 
@@ -214,8 +204,8 @@ def tokenizer_efficiency(
     base = base_model.load_tokenizer()
     tokenizers = {"base": base}
     for variant in VARIANTS:
-        if variant_dir(paths, variant).exists():
-            tokenizers[variant] = core_base_model.load_local_tokenizer(variant_dir(paths, variant))
+        if layout.variant_dir(paths, variant).exists():
+            tokenizers[variant] = core_base_model.load_local_tokenizer(layout.variant_dir(paths, variant))
     texts = heldout_texts(paths, config.heldout_jsonl)
     table = metrics.efficiency_table(tokenizers, texts)
     prototype = tokenizer_build.prototype_order(

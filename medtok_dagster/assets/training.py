@@ -1,21 +1,20 @@
-"""Trained adapter: Phase-0 training in its own process through Dagster Pipes, in the `gpu` pool."""
+"""Trained adapter (Phase-0 training in its own process through Dagster Pipes) and the merged model users serve."""
 
-import json
 import sys
 
 import dagster as dg
 import pandas as pd
 
-from medtok_dagster.assets.model import model_partitions
-from medtok_dagster.assets.tokenizers import general_sample_files
-from medtok_dagster.core import training
-from medtok_dagster.core.corpus import read_lines_parquet
+from medtok_dagster import layout
+from medtok_dagster.core import merge, training
+from medtok_dagster.core.io import atomic_dir, read_json
 from medtok_dagster.metadata import md_plot, md_table
+from medtok_dagster.partitions import model_partitions
+from medtok_dagster.readers import exam_questions, general_heldout_lines
 from medtok_dagster.resources import MEDICAL_CORPUS_PARQUET, BaseModelResource, PathsResource
 
 GROUP = "training"
-CODE_VERSION = "1"
-HELDOUT_LINES = 64
+CODE_VERSION = "2"
 
 
 class TrainConfig(dg.Config):
@@ -30,12 +29,24 @@ class TrainConfig(dg.Config):
     """0 = the profile's per-device batch."""
     grad_accum: int = 0
     """0 = the profile's gradient accumulation."""
+    heldout_texts: int = 64
+    """Held-out exam questions and general lines each scored for base, initialised and trained (the full comparison is `model_evaluation`)."""
 
 
-def heldout_lines(paths: PathsResource) -> list[str]:
-    """General-corpus held-out lines (never trained on), capped for a quick evaluation."""
-    lines = [line for path in general_sample_files(paths, ".heldout.parquet") if path.exists() for line in read_lines_parquet(path)]
-    return lines[:HELDOUT_LINES]
+def heldout_texts(paths: PathsResource, count: int) -> dict[str, list[str]]:
+    """Held-out exam questions (test split) and general-corpus held-out lines: evaluated, never trained on."""
+    texts = {"exam_questions": [q.question for q in exam_questions(paths)][:count], "general_korean": general_heldout_lines(paths)[:count]}
+    return {text_type: items for text_type, items in texts.items() if items}
+
+
+def scores_metadata(scores: list[dict]) -> dict[str, dg.MetadataValue]:
+    """The base reference beside initialised and trained, per text type, and the difference to the base."""
+    frame = pd.DataFrame(scores).pivot(index="text_type", columns="stage", values="bits_per_char")[["base", "initialised", "trained"]]
+    frame["trained_vs_base"] = (frame["trained"] / frame["base"] - 1).map(lambda v: f"{v:+.1%}")
+    return {
+        "heldout_bits_per_char": dg.MetadataValue.md(frame.round(3).to_markdown()),
+        "beats_base_on_exam_text": bool(frame.loc["exam_questions", "trained"] <= frame.loc["exam_questions", "base"]),
+    }
 
 
 @dg.asset(
@@ -46,7 +57,7 @@ def heldout_lines(paths: PathsResource) -> list[str]:
     pool="gpu",
     deps=["initialized_model", "medical_corpus", dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping())],
     metadata={"partition_expr": {"variant": "variant", "profile": "profile"}},
-    description="Phase-0 LoRA + new-row training on plain Korean text (Pipes subprocess); resumable; adapter + model card; loss curve table.",
+    description="Phase-0 LoRA + new-row training on <bos>-packed Korean text (Pipes subprocess); resumable; held-out bits/char beside the base; loss curve.",
 )
 def trained_adapter(
     context: dg.AssetExecutionContext,
@@ -57,16 +68,16 @@ def trained_adapter(
 ) -> dg.Output[pd.DataFrame]:
     keys = context.partition_key.keys_by_dimension
     variant, profile = keys["variant"], keys["profile"]
-    output_dir = paths.model("trained", profile, variant)
+    output_dir = layout.trained_dir(paths, profile, variant)
     source = base_model.source()
     plan = training.TrainPlan(
         base_model=source.load_from,
         base_model_kind=source.kind,
-        init_dir=str(paths.model("raw_lora_added", profile, variant)),
+        init_dir=str(layout.initialised_dir(paths, profile, variant)),
         output_dir=str(output_dir),
-        checkpoint_dir=str(paths.model("checkpoints", profile, variant)),
-        train_files=[str(paths.model(MEDICAL_CORPUS_PARQUET)), *map(str, general_sample_files(paths))],
-        heldout_texts=heldout_lines(paths),
+        checkpoint_dir=str(layout.training_checkpoints(paths, profile, variant)),
+        train_files=[str(paths.model(MEDICAL_CORPUS_PARQUET)), *map(str, layout.general_sample_files(paths))],
+        heldout_texts=heldout_texts(paths, config.heldout_texts),
         profile=profile,
         max_steps=config.max_steps,
         save_steps=config.save_steps,
@@ -78,13 +89,12 @@ def trained_adapter(
     result = pipes_subprocess_client.run(
         command=[sys.executable, "-m", "medtok_dagster.pipes.train_adapter"], context=context, extras={"plan": plan.__dict__}
     ).get_materialize_result()
-    curve = pd.DataFrame(json.loads((output_dir / "loss_curve.json").read_text()))
+    curve = pd.DataFrame(read_json(output_dir / training.LOSS_CURVE))
     curve.insert(0, "profile", profile)
     curve.insert(0, "variant", variant)
-    reported = {k: v for k, v in result.metadata.items()}
 
     def draw(ax):
-        ax.plot(curve["step"], curve["loss"], label="train loss")
+        ax.plot(curve["step"], curve["loss"], label="train loss (nats/token)")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend()
@@ -92,10 +102,42 @@ def trained_adapter(
     return dg.Output(
         curve,
         metadata={
-            **reported,
+            **result.metadata,
+            **scores_metadata(read_json(output_dir / training.HELDOUT_SCORES)),
             "path": dg.MetadataValue.path(str(output_dir)),
             "dagster/row_count": len(curve),
             "loss_curve": md_plot(draw),
-            "loss_table": md_table(curve.round(5), rows=len(curve)),
+            "loss_table": md_table(curve.round(4), rows=len(curve)),
         },
+    )
+
+
+@dg.asset(
+    partitions_def=model_partitions,
+    group_name=GROUP,
+    kinds={"pytorch", "safetensors"},
+    code_version=CODE_VERSION,
+    deps=["trained_adapter"],
+    description="The trained adapter merged into the resized base: one plain save_pretrained directory (safetensors, tokenizer) that serves with vLLM/TGI.",
+)
+def merged_model(context: dg.AssetExecutionContext, paths: PathsResource, base_model: BaseModelResource) -> dg.MaterializeResult:
+    keys = context.partition_key.keys_by_dimension
+    variant, profile = keys["variant"], keys["profile"]
+    adapter_dir = layout.trained_dir(paths, profile, variant)
+    target = layout.merged_dir(paths, profile, variant)
+    source = base_model.source()
+    with atomic_dir(target) as staging:
+        info = merge.merge_adapter(source, adapter_dir, staging, final_dir=target)
+    context.log.info("Merged %s into %s (%s parameters)", adapter_dir, target, f"{info['parameters']:,}")
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(target)),
+            "architecture": info["architecture"],
+            "dtype": info["dtype"],
+            "parameters": info["parameters"],
+            "vocab_rows": info["vocab_rows"],
+            "size_gb": round(info["bytes"] / 1e9, 3),
+            "load_with": dg.MetadataValue.md(f"`AutoModelForCausalLM.from_pretrained('{target}')` and `AutoTokenizer.from_pretrained('{target}')`"),
+            "base_model": source.name_or_path,
+        }
     )

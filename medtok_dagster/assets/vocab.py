@@ -5,10 +5,11 @@ from collections import Counter
 import dagster as dg
 import pandas as pd
 
-from medtok_dagster.assets.tokenizers import general_sample_files
+from medtok_dagster import layout
 from medtok_dagster.core import tokenizer_build, vocab
 from medtok_dagster.core.corpus import read_lines_parquet
 from medtok_dagster.metadata import md_counts, md_table
+from medtok_dagster.readers import general_training_lines, medical_lines
 from medtok_dagster.resources import MEDICAL_CORPUS_PARQUET, VOCAB_DIR, BaseModelResource, PathsResource
 
 GROUP = "vocab"
@@ -27,10 +28,6 @@ class BpeGeneralConfig(BpeConfig):
     """BpeTrainer settings for the general corpora (the prototype's 20k)."""
 
     vocab_size: int = 20_000
-
-
-def _general_lines(paths: PathsResource) -> list[str]:
-    return [line for path in general_sample_files(paths) for line in read_lines_parquet(path)]
 
 
 def _bpe_output(context: dg.AssetExecutionContext, lines: list[str], config: BpeConfig, paths: PathsResource, name: str) -> dg.Output[pd.DataFrame]:
@@ -54,13 +51,13 @@ def _bpe_output(context: dg.AssetExecutionContext, lines: list[str], config: Bpe
 @dg.asset(group_name=GROUP, deps=["medical_corpus"], kinds={"tokenizers", "duckdb"}, code_version=CODE_VERSION,
           description="BPE (▁-aware pre-tokenisation) trained on the medical corpus; tokenizer JSON + vocabulary table.")
 def bpe_medical(context: dg.AssetExecutionContext, config: BpeConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
-    return _bpe_output(context, read_lines_parquet(paths.model(MEDICAL_CORPUS_PARQUET)), config, paths, "bpe_medical")
+    return _bpe_output(context, medical_lines(paths), config, paths, "bpe_medical")
 
 
 @dg.asset(group_name=GROUP, deps=[GENERAL_SAMPLE_DEP], kinds={"tokenizers", "duckdb"}, code_version=CODE_VERSION,
           description="BPE (▁-aware pre-tokenisation) trained on every general corpus sample; tokenizer JSON + vocabulary table.")
 def bpe_general(context: dg.AssetExecutionContext, config: BpeGeneralConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
-    return _bpe_output(context, _general_lines(paths), config, paths, "bpe_general")
+    return _bpe_output(context, general_training_lines(paths), config, paths, "bpe_general")
 
 
 class NgramConfig(dg.Config):
@@ -74,7 +71,7 @@ class NgramConfig(dg.Config):
 @dg.asset(group_name=GROUP, deps=["medical_corpus", GENERAL_SAMPLE_DEP], kinds={"duckdb"}, code_version=CODE_VERSION,
           description="Hangul 2–5-grams with count, document frequency and word-initial count, per domain (DuckDB-vectorised).")
 def ngram_candidates(config: NgramConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
-    sources = {"medical": [paths.model(MEDICAL_CORPUS_PARQUET)], "general": general_sample_files(paths)}
+    sources = {"medical": [paths.model(MEDICAL_CORPUS_PARQUET)], "general": layout.general_sample_files(paths)}
     frames = [
         vocab.count_hangul_ngrams(files, min_n=config.min_n, max_n=config.max_n, min_count=config.min_count).assign(domain=domain)
         for domain, files in sources.items()
@@ -127,8 +124,8 @@ def candidate_tokens(
 ) -> dg.Output[pd.DataFrame]:
     tiers = pd.concat([medical_tokens.assign(tier="medical"), general_tokens.assign(tier="general")], ignore_index=True)
     tiers = tiers.drop_duplicates("token", keep="first")
-    units: Counter = tokenizer_build.unit_frequencies(read_lines_parquet(paths.model(MEDICAL_CORPUS_PARQUET)))
-    for path in general_sample_files(paths):
+    units: Counter = tokenizer_build.unit_frequencies(medical_lines(paths))
+    for path in layout.general_sample_files(paths):
         units.update(tokenizer_build.unit_frequencies(read_lines_parquet(path)))
     base = tokenizer_build.BasePieces(base_model.load_tokenizer())
     savings = tokenizer_build.isolated_savings(tiers["token"].tolist(), units, base)

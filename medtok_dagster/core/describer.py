@@ -1,4 +1,10 @@
-"""The optional LLM describer: batched, greedy, checkpointed generation of token descriptions.
+"""The LLM describer: batched, greedy, checkpointed generation of token descriptions.
+
+Each prompt is few-shot (worked examples of the wanted answer) with dictionary context for the
+token: the gloss of its stem and the shortest dictionary terms that contain it. A row stops
+generating once its answer has a sentence end, and only that first sentence is kept, cleaned by
+:func:`medtok_dagster.core.descriptions.fix_text`. The model runs wherever the caller put it
+(the asset puts it on the GPU when there is one).
 
 Describing 20k tokens with a 7B model takes hours, so progress is appended to a JSONL checkpoint
 after every batch (flushed and fsynced) and a rerun continues after the last complete line. Greedy
@@ -10,20 +16,36 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medtok_dagster.core import descriptions
 from medtok_dagster.core.descriptions import Description, fix_text
+from medtok_dagster.core.morphology import split_token
+from medtok_dagster.core.text import WORD_BOUNDARY
 
-PROMPT = (
-    "Give a short, clear English description (one sentence, 5 to 15 words) of the Korean medical or linguistic "
-    'token "{token}". Use common English words only, no Korean, no quotes.'
+INSTRUCTION = (
+    "Each Korean token from medical text gets a short English gloss: "
+    "one sentence, English words only."
 )
+EXAMPLES: tuple[tuple[str, str, str], ...] = (
+    ("심근경색", "심근경색 = myocardial infarction", "myocardial infarction."),
+    ("간호사가", "간호사 = nurse", "nurse, with the subject particle."),
+    ("맥박", "맥박수 = pulse rate", "pulse."),
+    ("호전되었다.", "호전 = improvement", "improved, past tense."),
+    ("인슐린", "인슐린저항성 = insulin resistance", "insulin, a loanword."),
+)
+"""Worked examples shown before every token: a term, a word with a particle, a word the context
+only hints at, an inflected verb and a loanword. None of them is in the gold set."""
+CONTEXT_TERMS = 3
+NO_CONTEXT = "none"
+SENTENCE_END_RE = re.compile(r"[.!?\n]")
 
 
 def read_checkpoint(path: Path) -> dict[str, dict[str, Any]]:
-    """Completed rows by token; a torn last line (killed mid-write) is dropped and truncated away."""
+    """Completed rows by token; a torn last line (killed mid-write) is dropped and truncated."""
     if not path.exists():
         return {}
     done: dict[str, dict[str, Any]] = {}
@@ -51,25 +73,94 @@ def _append(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         os.fsync(handle.fileno())
 
 
-def build_prompts(tokenizer: Any, tokens: Sequence[str]) -> list[str]:
+def dictionary_context(token: str, glossary: Mapping[str, str]) -> str:
+    """What the dictionary says about a token: its stem's gloss and the terms it is part of.
+
+    The terms are context, not an answer: the model has to decide whether the token is the term,
+    a piece of it, or unrelated. The shortest terms come first (the closest to the token).
+    """
+    surface = token.removeprefix(WORD_BOUNDARY)
+    stem = split_token(surface).stem_text or surface
+    entries = []
+    known = descriptions.lookup(stem, glossary)
+    if known:
+        entries.append(f"{stem} = {known}")
+    containing = sorted((t for t in glossary if stem in t and t != stem), key=lambda t: (len(t), t))
+    entries.extend(f"{t} = {glossary[t]}" for t in containing[:CONTEXT_TERMS])
+    return "; ".join(entries) or NO_CONTEXT
+
+
+def few_shot_prompt(token: str, glossary: Mapping[str, str]) -> str:
+    """The instruction, the worked examples, then the token with its dictionary context."""
+    shots = "".join(f"Token: {t}\nDictionary: {c}\nGloss: {g}\n\n" for t, c, g in EXAMPLES)
+    word = token.replace(WORD_BOUNDARY, " ").strip()
+    context = dictionary_context(token, glossary)
+    return f"{INSTRUCTION}\n\n{shots}Token: {word}\nDictionary: {context}\nGloss:"
+
+
+def build_prompts(tokenizer: Any, tokens: Sequence[str], glossary: Mapping[str, str]) -> list[str]:
     """One prompt per token, through the model's chat template when it has one."""
-    texts = [PROMPT.format(token=t.replace("▁", " ").strip()) for t in tokens]
+    texts = [few_shot_prompt(t, glossary) for t in tokens]
     if getattr(tokenizer, "chat_template", None):
-        return [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False) for t in texts]
-    return [f"{t}\nDescription:" for t in texts]
+        return [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False
+            )
+            for t in texts
+        ]
+    return texts
 
 
-def generate_batch(model: Any, tokenizer: Any, tokens: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy, left-padded batched generation; returns the first line of each answer, cleaned."""
+def first_sentence(answer: str) -> str:
+    """The answer up to its first sentence end, cleaned; echoing the empty context is no answer."""
+    sentence = fix_text(SENTENCE_END_RE.split(answer.strip(), maxsplit=1)[0])
+    return "" if sentence.lower() == NO_CONTEXT else sentence
+
+
+def sentence_stop(tokenizer: Any, prompt_length: int) -> Any:
+    """Stopping criteria: a row is done once its answer contains a sentence end."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class SentenceEnd(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            answers = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True)
+            return torch.tensor(
+                [bool(SENTENCE_END_RE.search(a.lstrip())) for a in answers], device=input_ids.device
+            )
+
+    return StoppingCriteriaList([SentenceEnd()])
+
+
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    tokens: Sequence[str],
+    glossary: Mapping[str, str],
+    max_new_tokens: int,
+) -> list[str]:
+    """Greedy, left-padded batched generation on the model's device; first sentence of each."""
     import torch
 
-    prompts = build_prompts(tokenizer, tokens)
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not getattr(tokenizer, "chat_template", None))
+    prompts = build_prompts(tokenizer, tokens, glossary)
+    inputs = tokenizer(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=not getattr(tokenizer, "chat_template", None),
+    )
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    length = inputs["input_ids"].shape[1]
     with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [fix_text(answer.strip().split("\n")[0]) for answer in answers]
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            stopping_criteria=sentence_stop(tokenizer, length),
+        )
+    answers = tokenizer.batch_decode(output[:, length:], skip_special_tokens=True)
+    return [first_sentence(answer) for answer in answers]
 
 
 def describe_with_llm(
@@ -77,6 +168,7 @@ def describe_with_llm(
     tokenizer: Any,
     tokens: Sequence[tuple[str, int]],
     checkpoint: Path,
+    glossary: Mapping[str, str] | None = None,
     batch_size: int = 8,
     checkpoint_every: int = 64,
     max_new_tokens: int = 32,
@@ -87,6 +179,7 @@ def describe_with_llm(
     Work is checkpointed every ``checkpoint_every`` tokens (rounded to whole batches); a resumed run
     restarts at the last whole checkpoint so its batches are the same as an uninterrupted run's.
     """
+    glossary = glossary or {}
     tokenizer.padding_side = "left"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     chunk = max(batch_size, checkpoint_every - checkpoint_every % batch_size)
@@ -96,8 +189,13 @@ def describe_with_llm(
         rows = []
         for batch_start in range(start, min(start + chunk, len(tokens)), batch_size):
             batch = tokens[batch_start : min(batch_start + batch_size, start + chunk)]
-            texts = generate_batch(model, tokenizer, [t for t, _ in batch], max_new_tokens)
-            rows.extend({"token": t, "token_id": i, "description": d, "method": "llm"} for (t, i), d in zip(batch, texts))
+            texts = generate_batch(
+                model, tokenizer, [t for t, _ in batch], glossary, max_new_tokens
+            )
+            rows.extend(
+                {"token": t, "token_id": i, "description": d, "method": "llm"}
+                for (t, i), d in zip(batch, texts)
+            )
         _append(checkpoint, rows)
         done.update({row["token"]: row for row in rows})
         if progress:

@@ -20,7 +20,7 @@ from medtok_dagster.core.text import WORD_BOUNDARY
 
 STRATEGIES = ("zero", "random", "mean", "subtoken_mean", "description_mean", "hybrid")
 DESCRIPTION_FIRST_SOURCES = ("dictionary", "user", "special_char", "tier1")
-DESCRIPTION_FIRST_METHODS = ("exact", "partial")
+DESCRIPTION_FIRST_METHODS = ("exact", "morpheme", "fragment", "llm")
 
 
 @dataclass(frozen=True)

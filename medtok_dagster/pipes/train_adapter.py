@@ -9,7 +9,6 @@ peft ``trainable_token_indices`` (trl 1.16).
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from pathlib import Path
@@ -21,9 +20,10 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from medtok_dagster.core import base_model as core_base_model
-from medtok_dagster.core import metrics, training
+from medtok_dagster.core import lm_metrics, training
 from medtok_dagster.core.corpus import read_lines_parquet
-from medtok_dagster.core.io import atomic_dir, atomic_write_json, atomic_write_text
+from medtok_dagster.core.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from medtok_dagster.core.training import HELDOUT_SCORES, INIT_INFO, LOSS_CURVE, METRICS
 
 
 class PipesLogCallback(TrainerCallback):
@@ -48,8 +48,26 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def model_card(plan: training.TrainPlan, info: dict[str, Any], summary: dict[str, Any]) -> str:
-    """README.md for the adapter: what it is, what it was trained on, its numbers, how to load it."""
+def score_table(model: Any, tokenizer: Any, texts: dict[str, list[str]], stage: str) -> list[dict[str, Any]]:
+    """Fair bits/char of one model and tokenizer per text type (every character, from ``<bos>``)."""
+    return [{"stage": stage, "text_type": text_type, **lm_metrics.score_texts(model, tokenizer, items).as_row()} for text_type, items in texts.items()]
+
+
+def adapter_card(plan: training.TrainPlan, info: dict[str, Any], scores: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """README.md for the adapter: what it is, its held-out numbers beside the base, and a load snippet that runs."""
+    table = "\n".join(
+        f"| {t} | {by[('base', t)]:.3f} | {by[('initialised', t)]:.3f} | {by[('trained', t)]:.3f} |"
+        for by in [{(r["stage"], r["text_type"]): r["bits_per_char"] for r in scores}]
+        for t in plan.heldout_texts
+    )
+    rows_snippet = (
+        f"""rows = load_file(f"{{adapter_dir}}/{training.NEW_ROWS_FILE}")["input"]
+with torch.no_grad():
+    base.get_input_embeddings().weight[{info['base_vocab_size']} : {info['base_vocab_size']} + len(rows)] = rows
+"""
+        if info["embedding_mode"] == "frozen"
+        else ""
+    )
     return f"""---
 library_name: peft
 base_model: {info['base_model']}
@@ -60,28 +78,33 @@ tags: [medtok, korean, medical, lora]
 Korean medical vocabulary extension of `{info['base_model']}`: {info['new_tokens']} new tokens
 (variant `{info['variant']}`), rows initialised with `{info['strategy']}`, trained with LoRA
 (r={info['profile']['r']}, alpha={info['profile']['alpha']}) and embedding mode `{info['embedding_mode']}`.
+For serving, use the `merged_model` asset: the same weights merged into one plain directory.
 
 ## Training data
-Phase-0 plain Korean text: {', '.join(Path(f).name for f in plan.train_files)}; {len(plan.heldout_texts)} held-out lines for evaluation.
+Phase-0 plain Korean text: {', '.join(Path(f).name for f in plan.train_files)}; every block starts with `<bos>`.
 
-## Metrics
-| metric | value |
-|---|---|
-| held-out loss before | {summary['eval_loss_before']:.4f} |
-| held-out loss after | {summary['eval_loss_after']:.4f} |
-| held-out bits/char before → after | {summary['bits_per_char_before']:.4f} → {summary['bits_per_char_after']:.4f} |
-| steps | {summary['steps']} |
-| tokens per second | {summary['tokens_per_second']:.1f} |
-| peak memory (MB) | {summary['peak_memory_mb']:.0f} |
+## Held-out bits per character (lower is better; every character scored, from `<bos>`)
+| text | base model | initialised | trained |
+|---|---|---|---|
+{table}
 
-## Load
+{summary['steps']} steps, {summary['tokens_per_second']:.0f} tokens/s, peak memory {summary['peak_memory_mb']:.0f} MB.
+
+## Load (transformers + peft)
 ```python
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from medtok_dagster.core.training import load_adapter
 
-tokenizer = AutoTokenizer.from_pretrained("<this directory>")
-base = AutoModelForCausalLM.from_pretrained("{info['base_model']}")
-model = load_adapter(base, Path("<this directory>"), len(tokenizer), new_ids)  # new_ids: ids >= {info['base_vocab_size']}
+adapter_dir = "{plan.output_dir}"
+tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+base = AutoModelForCausalLM.from_pretrained("{plan.base_model}")
+rows_now = base.get_input_embeddings().weight.shape[0]
+base.resize_token_embeddings(max(len(tokenizer), rows_now), mean_resizing=False)
+{rows_snippet}model = PeftModel.from_pretrained(base, adapter_dir)
+inputs = tokenizer("당뇨병 환자의 혈당", return_tensors="pt")
+print(model(**inputs).logits.shape)
 ```
 """
 
@@ -90,12 +113,14 @@ def run(pipes: PipesContext) -> None:
     plan = training.TrainPlan(**pipes.get_extra("plan"))
     lora = training.profile(plan.profile)
     init_dir = Path(plan.init_dir)
-    info = json.loads((init_dir / "init_info.json").read_text())
+    info = read_json(init_dir / INIT_INFO)
     tokenizer = core_base_model.load_local_tokenizer(init_dir)
     new_ids = sorted(i for i in tokenizer.get_vocab().values() if i >= info["base_vocab_size"])
     source = core_base_model.BaseModelSource(plan.base_model, plan.base_model_kind, plan.base_model)
-    model = training.load_adapter(core_base_model.load_causal_lm(source), init_dir, len(tokenizer), new_ids, is_trainable=True)
-    before = metrics.heldout_loss(model, tokenizer, plan.heldout_texts)
+    base = training.load_base(source, lora, for_training=True)
+    scores = score_table(base, core_base_model.load_tokenizer(source), plan.heldout_texts, "base")
+    model = training.load_adapter(base, init_dir, len(tokenizer), new_ids, is_trainable=True)
+    scores += score_table(model, tokenizer, plan.heldout_texts, "initialised")
     block = plan.max_seq_len or lora.max_seq_len
     dataset = training.packed_dataset(tokenizer, [line for f in plan.train_files for line in read_lines_parquet(Path(f))], block)
     args = training.training_arguments(plan, lora)
@@ -106,32 +131,37 @@ def run(pipes: PipesContext) -> None:
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.monotonic() - started
-    after = metrics.heldout_loss(model, tokenizer, plan.heldout_texts)
+    scores += score_table(model, tokenizer, plan.heldout_texts, "trained")
     steps_run = trainer.state.global_step - (int(Path(resume).name.split("-")[-1]) if resume else 0)
-    summary = {
+    summary: dict[str, Any] = {
         "steps": trainer.state.global_step,
         "steps_this_run": steps_run,
         "resumed_from": resume or "",
-        "train_loss": output.training_loss,
-        "eval_loss_before": before.loss,
-        "eval_loss_after": after.loss,
-        "perplexity_before": before.perplexity,
-        "perplexity_after": after.perplexity,
-        "bits_per_char_before": before.bits_per_char,
-        "bits_per_char_after": after.bits_per_char,
-        "tokens_per_second": steps_run * args.per_device_train_batch_size * args.gradient_accumulation_steps * block / max(seconds, 1e-9),
-        "peak_memory_mb": peak_memory_mb(),
+        "train_loss": round(output.training_loss, 4),
+        "tokens_per_second": round(steps_run * args.per_device_train_batch_size * args.gradient_accumulation_steps * block / max(seconds, 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb()),
         "train_blocks": len(dataset),
+        "block_tokens": block,
+        "quantization": lora.quantization or "none",
+        "quantized_linear_modules": training.quantized_linear_count(model),
+        "lora_modules": training.lora_module_count(model),
+        "vision_lora_modules": training.lora_module_count(model, training.NON_LANGUAGE_MODULES),
     }
+    by = {(r["stage"], r["text_type"]): r["bits_per_char"] for r in scores}
+    for text_type in plan.heldout_texts:
+        for stage in ("base", "initialised", "trained"):
+            summary[f"{text_type}_bits_per_char_{stage}"] = by[(stage, text_type)]
+        summary[f"{text_type}_trained_vs_base"] = round(by[("trained", text_type)] / by[("base", text_type)] - 1, 4)
     with atomic_dir(Path(plan.output_dir)) as staging:
         sizes = training.save_adapter(model, tokenizer, staging, new_ids, info["embedding_mode"])
-        summary["adapter_mb"] = (staging / "adapter_model.safetensors").stat().st_size / 1e6
-        summary["adapter_dir_mb"] = sizes["adapter_bytes"] / 1e6
+        summary["adapter_mb"] = round((staging / training.ADAPTER_WEIGHTS).stat().st_size / 1e6, 1)
+        summary["adapter_dir_mb"] = round(sizes["adapter_bytes"] / 1e6, 1)
         history = [row for row in trainer.state.log_history if "loss" in row]
-        atomic_write_json(staging / "loss_curve.json", [{"step": r["step"], "loss": r["loss"], "learning_rate": r.get("learning_rate"), "grad_norm": r.get("grad_norm")} for r in history])
-        atomic_write_json(staging / "metrics.json", summary)
-        atomic_write_json(staging / "init_info.json", info)
-        atomic_write_text(staging / "README.md", model_card(plan, info, summary))
+        atomic_write_json(staging / LOSS_CURVE, [{"step": r["step"], "loss": r["loss"], "learning_rate": r.get("learning_rate"), "grad_norm": r.get("grad_norm")} for r in history])
+        atomic_write_json(staging / HELDOUT_SCORES, scores)
+        atomic_write_json(staging / METRICS, summary)
+        atomic_write_json(staging / INIT_INFO, info)
+        atomic_write_text(staging / "README.md", adapter_card(plan, info, scores, summary))
     pipes.report_asset_materialization(metadata={k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
 
 

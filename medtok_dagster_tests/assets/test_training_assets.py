@@ -48,7 +48,7 @@ def prepared(data_dir, model_dir, tiny_gemma_dir, gemma_tokenizer):
 
 
 def run(resources, steps, raise_on_error=True):
-    config = {"ops": {"trained_adapter": {"config": {"max_steps": steps, "save_steps": 2, "per_device_batch": 2, "grad_accum": 1, "max_seq_len": 32}}}}
+    config = {"ops": {"trained_adapter": {"config": {"max_steps": steps, "save_steps": 2, "per_device_batch": 2, "grad_accum": 1, "max_seq_len": 32, "heldout_texts": 8}}}}
     return dg.materialize([trained_adapter], partition_key=PARTITION, resources=resources, run_config=config, raise_on_error=raise_on_error)
 
 
@@ -61,7 +61,8 @@ def test_pipes_reports_metrics_and_writes_a_small_adapter(prepared):
     result = run(resources, steps=4)
     meta = result.asset_materializations_for_node("trained_adapter")[0].metadata
     assert meta["steps"].value == 4
-    assert {"eval_loss_before", "eval_loss_after", "tokens_per_second", "peak_memory_mb", "adapter_mb"} <= set(meta)
+    assert {"exam_questions_bits_per_char_base", "exam_questions_bits_per_char_initialised", "exam_questions_bits_per_char_trained",
+            "tokens_per_second", "peak_memory_mb", "adapter_mb"} <= set(meta)
     out = model_dir / "trained" / "embedded" / "ded_medical"
     assert json.loads((out / "metrics.json").read_text())["adapter_mb"] < 5
     assert "base_model:" in (out / "README.md").read_text()

@@ -39,7 +39,8 @@ def test_profiles_match_the_prototype():
 def test_reloaded_adapter_reproduces_trained_logits(mode, setup, gemma_tokenizer, tiny_gemma_dir, tmp_path):
     tokenizer, new_ids, base_len = setup
     model = T.attach_lora(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len), T.profile("embedded"), new_ids, mode)
-    T.quick_train(model, tokenizer, [TEXT] * 4, steps=2, learning_rate=1e-2, batch_size=2)
+    blocks = T.pack_blocks(tokenizer([TEXT] * 4, add_special_tokens=False)["input_ids"], 8, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    T.quick_train(model, blocks, tokenizer.bos_token_id, steps=2, learning_rate=1e-2, batch_size=2)
     ids = tokenizer(TEXT, return_tensors="pt").input_ids
     with torch.no_grad():
         reference = model(input_ids=ids).logits
@@ -65,3 +66,42 @@ def test_27b_profile_freezes_embeddings(setup, gemma_tokenizer, tiny_gemma_dir):
     assert trainable and all("lora_" in name for name in trainable)
     four = T.attach_lora(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len), T.profile("medgemma-4b"), new_ids, "trainable_tokens")
     assert any("trainable_tokens" in name for name, p in four.named_parameters() if p.requires_grad)
+
+
+def test_every_packed_block_starts_with_bos_and_documents_are_bos_text_eos():
+    bos, eos = 2, 1
+    documents = [[10, 11, 12], [20, 21], [30, 31, 32, 33, 34, 35, 36], [40]]
+    blocks = T.pack_blocks(documents, 5, bos, eos)
+    assert all(len(b) == 5 and b[0] == bos for b in blocks)
+    assert blocks[0] == [bos, 10, 11, 12, eos] and blocks[1] == [bos, 20, 21, eos, bos]
+    assert blocks[2] == [bos, 30, 31, 32, 33], "a block starting mid-document gets its own <bos>"
+    text = [t for b in blocks for t in b if t not in (bos, eos)]
+    assert text == [10, 11, 12, 20, 21, 30, 31, 32, 33, 34, 35, 36, 40][: len(text)]
+    labels = T.block_labels(torch.tensor(blocks), bos)
+    assert (labels[torch.tensor(blocks) == bos] == -100).all() and (labels[torch.tensor(blocks) != bos] >= 0).all()
+
+
+def test_packed_dataset_from_real_text_starts_every_block_with_bos(gemma_tokenizer):
+    dataset = T.packed_dataset(gemma_tokenizer, ["당뇨병 환자의 혈당 조절이 필요합니다."] * 30, 16)
+    assert len(dataset) > 5
+    assert all(row[0] == gemma_tokenizer.bos_token_id for row in dataset["input_ids"])
+    assert all(label[0] == -100 for label in dataset["labels"])
+
+
+def test_lora_on_an_image_text_model_targets_the_language_model_only(gemma_tokenizer, tiny_medgemma_dir, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_medgemma_dir)
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    assert any(name.endswith("q_proj") and "vision_tower" in name for name, _ in model.named_modules()), "the SigLIP tower has q_proj"
+    base_len = len(gemma_tokenizer) + 1
+    new_ids = [base_len, base_len + 1]
+    peft_model = T.attach_lora(model, T.profile("medgemma-4b"), new_ids, "trainable_tokens")
+    lora = [name for name, module in peft_model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
+    assert len(lora) == 2 * 7 and all(".language_model." in name for name in lora)
+    assert T.lora_module_count(peft_model, T.NON_LANGUAGE_MODULES) == 0
+    T.save_adapter(peft_model, gemma_tokenizer, tmp_path, new_ids, "trainable_tokens")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / T.ADAPTER_WEIGHTS), "pt") as saved:
+        keys = list(saved.keys())
+    assert keys and not [k for k in keys if "vision" in k or "multi_modal" in k]
+    assert any("embed_tokens" in k for k in keys)

@@ -1,0 +1,588 @@
+"""Distillation initialisation: learn new rows so the frozen model reads and predicts as it did on the pieces.
+
+A new token replaces a run of base tokens (its *pieces*). Mean-style inits leave two gaps, and both
+cost bits on held-out text:
+
+* **Input side.** The layers build a word's representation from its pieces over several positions;
+  one averaged vector is not read the same way, so the token *after* a new token is mispredicted.
+  Following Token Distillation (Dobler, Elliott and de Melo), each new row is learned so that the
+  frozen model's final hidden states on text that uses the new token match the hidden states it
+  produces on the same text spelled with the pieces (at the new token: those after its last piece).
+* **Output side.** Gemma ties its output projection to the input embeddings, so a new row is also
+  the vector that predicts the token. Its probability should be what the base model gives the whole
+  piece sequence: ``log q(t | context) = Σ log p(piece_i | context, pieces_<i)``. The teacher's hidden
+  state before the pieces and its log-normaliser over the base vocabulary are fixed, so this target
+  costs no forward pass once the teacher has run.
+
+Both objectives are learned for all new rows at once (one optimiser over one matrix, batches of
+contexts, no loop per token), either on one tied row (``tied``) or with separate output rows for the
+new tokens only (``untied``: the output row learns the output objective, the input row the input
+one). Contexts come from the training corpora only. Optimiser state and rows are checkpointed, so a
+killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medtok_dagster.core.io import atomic_dir, read_json
+from medtok_dagster.core.lm_metrics import bos_id, encode_plain, model_device, pad_id
+from medtok_dagster.core.text import WORD_BOUNDARY
+
+MODES = ("tied", "untied")
+ROWS_FILE = "distilled_rows.safetensors"
+IDS_FILE = "distilled_ids.json"
+CHECKPOINT_ROWS_FILE = "rows.safetensors"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How much distillation to do; the defaults are the full (GPU) setting."""
+
+    mode: str = "tied"
+    max_tokens: int = 0
+    """Distil the this-many new tokens with the most occurrences in the training corpora; 0 = all."""
+    contexts_per_token: int = 24
+    context_before: int = 24
+    """Extended-tokenizer tokens of text kept before an occurrence (the window's context)."""
+    context_after: int = 8
+    """Tokens kept after an occurrence: the positions whose hidden states are matched."""
+    epochs: float = 2.0
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    output_weight: float = 0.0
+    """Weight of the output-side loss (against the pieces' joint probability); untied output rows stay put at 0."""
+    keep_output: float = 0.9
+    """Tied rows: freeze the directions holding this share of the teacher's final hidden-state energy (0 = off).
+
+    The output layer reads a row through those hidden states, so moving a tied row only orthogonally
+    to them changes how the token is read but hardly how it is predicted."""
+    checkpoint_every: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown distillation mode {self.mode!r}; choose one of {MODES}")
+
+    def key(self) -> str:
+        """A short hash of every setting: a checkpoint made with other settings is not resumed."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Context:
+    """One training window: student ids (with new tokens), teacher ids (pieces), and their alignment.
+
+    ``aligned[j]`` is the teacher position whose hidden state student position ``j`` should have:
+    the same token, or for a new token the last of its pieces. ``targets`` lists the student
+    positions followed by a new token, with that token's row index and its pieces' teacher positions.
+    """
+
+    student: list[int]
+    teacher: list[int]
+    aligned: list[int]
+    first_new: int
+    targets: list[tuple[int, int, list[int]]]
+
+
+@dataclass
+class Plan:
+    """Which rows are distilled, from which contexts, and the coverage that results."""
+
+    contexts: list[Context]
+    occurrences: Counter
+    distilled: set[int]
+    selected: list[int]
+
+    def fallback(self, new_ids: Sequence[int]) -> list[int]:
+        """New ids that no context reaches: they keep their starting (heuristic) row."""
+        return [i for i in new_ids if i not in self.distilled]
+
+
+def pieces_of(tokens: Sequence[str], base_tokenizer: Any) -> list[list[int]]:
+    """Each new token's base ids: its string (``▁`` read as a space) in the base tokenizer."""
+    return encode_plain(base_tokenizer, [t.replace(WORD_BOUNDARY, " ") for t in tokens])
+
+
+def count_occurrences(encoded: Sequence[Sequence[int]], base_len: int) -> Counter:
+    """How often each new id occurs in the (extended-tokenizer) training lines."""
+    counts: Counter = Counter()
+    for ids in encoded:
+        counts.update(i for i in ids if i >= base_len)
+    return counts
+
+
+def _window(line: Sequence[int], position: int, before: int, after: int) -> tuple[int, int]:
+    return max(position - before, 0), min(position + after + 1, len(line))
+
+
+def build_context(ids: Sequence[int], bos: int, base_len: int, pieces: dict[int, list[int]]) -> Context | None:
+    """Student and teacher sequences for one window of extended ids (both start with ``<bos>``)."""
+    student = [bos, *ids]
+    teacher = [bos]
+    aligned = [0]
+    targets = []
+    for position, token in enumerate(ids, start=1):
+        spelled = pieces[token] if token >= base_len else [token]
+        if token >= base_len:
+            targets.append((position - 1, token - base_len, list(range(len(teacher), len(teacher) + len(spelled)))))
+        teacher.extend(spelled)
+        aligned.append(len(teacher) - 1)
+    if not targets:
+        return None
+    return Context(student, teacher, aligned, targets[0][0] + 1, targets)
+
+
+def plan_contexts(
+    encoded: Sequence[Sequence[int]], new_ids: Sequence[int], pieces: dict[int, list[int]], base_len: int, bos: int, config: DistillConfig
+) -> Plan:
+    """Choose windows so that each selected token appears in up to ``contexts_per_token`` of them.
+
+    Rare tokens pick their windows first; a window counts for every new token inside it, so
+    frequent tokens are mostly covered by other tokens' windows and no compute is spent twice.
+    """
+    occurrences = count_occurrences(encoded, base_len)
+    ranked = sorted((i for i in new_ids if occurrences[i] and pieces.get(i)), key=lambda i: (-occurrences[i], i))
+    selected = ranked[: config.max_tokens] if config.max_tokens else ranked
+    where: dict[int, list[tuple[int, int]]] = {i: [] for i in selected}
+    for line_no, ids in enumerate(encoded):
+        for position, token in enumerate(ids):
+            if token in where:
+                where[token].append((line_no, position))
+    rng = random.Random(config.seed)
+    covered: Counter = Counter()
+    contexts: list[Context] = []
+    seen: set[tuple[int, int, int]] = set()
+    for token in sorted(selected, key=lambda i: (occurrences[i], i)):
+        spots = where[token][:]
+        rng.shuffle(spots)
+        for line_no, position in spots:
+            if covered[token] >= config.contexts_per_token:
+                break
+            start, end = _window(encoded[line_no], position, config.context_before, config.context_after)
+            if (line_no, start, end) in seen:
+                continue
+            seen.add((line_no, start, end))
+            context = build_context(encoded[line_no][start:end], bos, base_len, pieces)
+            if context is None:
+                continue
+            contexts.append(context)
+            covered.update({t + base_len for _, t, _ in context.targets})
+    rng.shuffle(contexts)
+    return Plan(contexts, occurrences, set(covered), selected)
+
+
+def decoder_of(model: Any) -> Any:
+    """The text decoder (final hidden states after the last norm): Gemma 3 text or image-text alike."""
+    decoder = model.get_decoder()
+    return getattr(decoder, "language_model", decoder)
+
+
+def softcap_of(model: Any) -> float | None:
+    """The final logit soft-cap, if the model has one (Gemma 2 does; Gemma 3 sets none)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(config, "final_logit_softcapping", None)
+
+
+def _softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+@dataclass
+class TeacherTargets:
+    """What the frozen model does on the piece spelling, kept for the student to match.
+
+    ``hidden[c]`` holds the teacher's final hidden state for every student position of context
+    ``c``. The output entries cover every student position from the one that predicts the first new
+    token on: its context and position, the teacher's log-normaliser over the base vocabulary there,
+    and, where the next student token is new, that token's row and its pieces' joint log-probability
+    (``next_row`` is -1 where the next token is a base token).
+    """
+
+    hidden: list[torch.Tensor]
+    scale: float
+    context: torch.Tensor
+    position: torch.Tensor
+    lse: torch.Tensor
+    next_row: torch.Tensor
+    logp: torch.Tensor
+
+
+def _padded(sequences: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(len(s) for s in sequences)
+    ids = torch.tensor([list(s) + [pad] * (longest - len(s)) for s in sequences], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (longest - len(s)) for s in sequences], device=device)
+    return ids, mask
+
+
+def autocast(device: torch.device) -> Any:
+    """bfloat16 compute where the hardware has it (rows and losses stay float32); a no-op elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+
+
+@dataclass
+class _Entries:
+    """Output entries of one teacher batch, before they are flattened into :class:`TeacherTargets`."""
+
+    rows: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    owner: list[int] = field(default_factory=list)
+    pieces: list[int] = field(default_factory=list)
+
+
+@torch.no_grad()
+def teacher_targets(model: Any, contexts: Sequence[Context], base_len: int, pad: int, batch_size: int, with_output: bool = True) -> TeacherTargets:
+    """Run the frozen model once over every context spelled with pieces (base vocabulary only).
+
+    Logits are computed only at the positions that matter: the aligned positions from the first
+    prediction of a new token on (for the log-normaliser) and the positions inside each piece run
+    (for the joint log-probability). Without the output objective only hidden states are kept,
+    which saves the output layer's cost (most of a small model's forward pass).
+    """
+    decoder, device = decoder_of(model), model_device(model)
+    head = model.get_output_embeddings().weight[:base_len]
+    cap = softcap_of(model)
+    hidden: list[torch.Tensor] = []
+    context_of, position_of, lse_of, row_of, logp_of = [], [], [], [], []
+    for start in range(0, len(contexts), batch_size):
+        batch = contexts[start : start + batch_size]
+        ids, mask = _padded([c.teacher for c in batch], pad, device)
+        with autocast(device):
+            states = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        normaliser, joint = _Entries(), _Entries()
+        for row, context in enumerate(batch):
+            hidden.append(states[row, context.aligned].to(torch.bfloat16).cpu())
+            if not with_output:
+                continue
+            next_new = {position: (new_row, pieces) for position, new_row, pieces in context.targets}
+            for position in range(context.first_new - 1, len(context.student) - 1):
+                normaliser.rows.append(row)
+                normaliser.positions.append(context.aligned[position])
+                context_of.append(start + row)
+                position_of.append(position)
+                new_row, piece_positions = next_new.get(position, (-1, []))
+                row_of.append(new_row)
+                for predictor, piece in zip([context.aligned[position], *piece_positions[:-1]], piece_positions):
+                    joint.rows.append(row)
+                    joint.positions.append(predictor)
+                    joint.owner.append(len(row_of) - 1)
+                    joint.pieces.append(context.teacher[piece])
+        if normaliser.rows:
+            lse_of.extend(_logsumexp(states, normaliser, head, cap).tolist())
+        logp_of.extend(_piece_logprobs(states, joint, head, cap, len(row_of)))
+    logp = torch.zeros(len(row_of), dtype=torch.float64)
+    for index, value in logp_of:
+        logp[index] += value
+    scale = float(torch.cat([h.float().pow(2).sum(-1) for h in hidden]).mean())
+    return TeacherTargets(
+        hidden, scale, torch.tensor(context_of), torch.tensor(position_of), torch.tensor(lse_of, dtype=torch.float32),
+        torch.tensor(row_of), logp.float(),
+    )
+
+
+def _logits(states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None) -> torch.Tensor:
+    device = states.device
+    picked = states[torch.tensor(entries.rows, device=device), torch.tensor(entries.positions, device=device)]
+    with autocast(device):
+        logits = picked @ head.T
+    return _softcap(logits.float(), cap)
+
+
+def _logsumexp(states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """The base vocabulary's log-normaliser at each entry's position."""
+    return torch.logsumexp(_logits(states, entries, head, cap), dim=-1).cpu()
+
+
+def _piece_logprobs(states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None, _: int) -> list[tuple[int, float]]:
+    """``(entry, log p(piece))`` for every piece of every new token (summed per entry by the caller)."""
+    if not entries.rows:
+        return []
+    logits = _logits(states, entries, head, cap)
+    pieces = torch.tensor(entries.pieces, device=logits.device)
+    logprobs = logits.gather(-1, pieces[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return list(zip(entries.owner, logprobs.double().cpu().tolist()))
+
+
+def output_loss(rows: torch.Tensor, targets: TeacherTargets, select: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Cross-entropy of the extended output layer against the teacher, learned by the new rows only.
+
+    At each position the target distribution is the teacher's: the spelled new token gets its
+    pieces' joint probability ``P`` and the base vocabulary keeps its own (frozen) logits, so the
+    loss reduces to ``logsumexp(all logits) - P * z_new`` up to a constant. Every position is thus a
+    negative for every new token that does not follow there, and a new token that does follow is
+    pulled towards ``P``, not towards certainty.
+    """
+    hidden = torch.stack([targets.hidden[c][p] for c, p in zip(targets.context[select].tolist(), targets.position[select].tolist())]).to(rows.device)
+    z = _softcap(hidden.float() @ rows.float().T, cap)
+    lse = targets.lse[select].to(rows.device)
+    total = torch.logaddexp(lse, torch.logsumexp(z, dim=-1))
+    next_row = targets.next_row[select].to(rows.device)
+    has_new = next_row >= 0
+    target_logit = torch.where(has_new, z.gather(-1, next_row.clamp(min=0)[:, None]).squeeze(-1), lse)
+    probability = torch.where(has_new, targets.logp[select].to(rows.device).exp(), torch.zeros_like(lse))
+    return (total - lse - probability * (target_logit - lse)).mean()
+
+
+def output_preserving_projector(targets: TeacherTargets, share: float, device: torch.device) -> torch.Tensor | None:
+    """``I - U Uᵀ`` for the top principal directions ``U`` of the teacher's final hidden states.
+
+    Those directions carry ``share`` of the hidden states' energy; a row change projected onto the
+    rest barely moves any logit ``h · row``, so a tied row keeps its calibrated output while its
+    input side is learned. ``None`` when ``share`` is 0.
+    """
+    if share <= 0:
+        return None
+    hidden = torch.cat([h.float() for h in targets.hidden]).to(device)
+    eigenvalues, eigenvectors = torch.linalg.eigh(hidden.T @ hidden / len(hidden))
+    order = torch.argsort(eigenvalues, descending=True)
+    energy = torch.cumsum(eigenvalues[order], 0) / eigenvalues.sum()
+    kept = int(torch.searchsorted(energy, torch.tensor(share, device=device))) + 1
+    top = eigenvectors[:, order[:kept]]
+    return torch.eye(hidden.shape[1], device=device) - top @ top.T
+
+
+def input_embeds(model: Any, ids: torch.Tensor, rows: torch.Tensor, base_len: int) -> torch.Tensor:
+    """Input embeddings with the new positions read from ``rows`` (which carry the gradient)."""
+    embedding = model.get_input_embeddings()
+    is_new = ids >= base_len
+    base = embedding(ids.masked_fill(is_new, 0))
+    scale = getattr(embedding, "embed_scale", 1.0)
+    new = torch.nn.functional.embedding((ids - base_len).clamp(min=0), rows) * scale
+    return torch.where(is_new[..., None], new.to(base.dtype), base)
+
+
+def input_loss(model: Any, contexts: Sequence[Context], indices: Sequence[int], rows: torch.Tensor, targets: TeacherTargets, base_len: int, pad: int) -> torch.Tensor:
+    """Normalised squared distance of the student's final hidden states to the teacher's, from the first new token on."""
+    device = model_device(model)
+    batch = [contexts[i] for i in indices]
+    ids, mask = _padded([c.student for c in batch], pad, device)
+    with autocast(device):
+        states = decoder_of(model)(inputs_embeds=input_embeds(model, ids, rows, base_len), attention_mask=mask, use_cache=False).last_hidden_state
+    errors = []
+    for row, (index, context) in enumerate(zip(indices, batch)):
+        span = slice(context.first_new, len(context.student))
+        teacher = targets.hidden[index][span].to(device).float()
+        errors.append((states[row, span].float() - teacher).pow(2).sum(-1))
+    return torch.cat(errors).mean() / targets.scale
+
+
+@dataclass
+class DistillResult:
+    """Learned rows (input, and output if untied), which ids they cover, and how the losses moved."""
+
+    input_rows: torch.Tensor
+    output_rows: torch.Tensor | None
+    distilled: list[int]
+    fallback: list[int]
+    selected: list[int]
+    contexts: int
+    steps: int
+    resumed_from: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _save_checkpoint(directory: Path, rows: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Rows, Adam moments and the step, written atomically (safetensors + JSON, never pickle)."""
+    from safetensors.torch import save_file
+
+    moments = {}
+    for group_index, group in enumerate(optimizer.param_groups):
+        for param_index, param in enumerate(group["params"]):
+            for name, value in optimizer.state.get(param, {}).items():
+                tensor = value if torch.is_tensor(value) else torch.tensor(value)
+                moments[f"{group_index}.{param_index}.{name}"] = tensor.detach().cpu().contiguous()
+    with atomic_dir(directory) as staging:
+        save_file({k: v.detach().cpu().contiguous() for k, v in rows.items()}, str(staging / CHECKPOINT_ROWS_FILE))
+        save_file(moments, str(staging / OPTIMIZER_FILE))
+        (staging / STATE_FILE).write_text(json.dumps(state))
+
+
+def _load_checkpoint(directory: Path, key: str, rows: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Restore rows and Adam moments if ``directory`` holds a checkpoint of these exact settings."""
+    from safetensors.torch import load_file
+
+    if not (directory / STATE_FILE).exists():
+        return None
+    state = read_json(directory / STATE_FILE)
+    if state.get("key") != key:
+        return None
+    saved = load_file(str(directory / CHECKPOINT_ROWS_FILE))
+    with torch.no_grad():
+        for name, tensor in rows.items():
+            tensor.copy_(saved[name].to(tensor.device, tensor.dtype))
+    moments = load_file(str(directory / OPTIMIZER_FILE))
+    for group_index, group in enumerate(optimizer.param_groups):
+        for param_index, param in enumerate(group["params"]):
+            entries = {k.split(".", 2)[2]: v for k, v in moments.items() if k.startswith(f"{group_index}.{param_index}.")}
+            if entries:
+                optimizer.state[param] = {k: (v.to(param.device) if v.dim() else v) for k, v in entries.items()}
+    return state
+
+
+def run_key(config: DistillConfig, new_ids: Sequence[int], corpus_digest: str) -> str:
+    """Identifies one distillation problem: settings, the new ids and the corpus it learns from."""
+    payload = json.dumps({"config": config.key(), "ids": [min(new_ids, default=0), max(new_ids, default=0), len(new_ids)], "corpus": corpus_digest})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def corpus_digest(lines: Sequence[str]) -> str:
+    """A content hash of the training lines (a changed corpus means a new distillation)."""
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def mean_output_loss(rows: torch.Tensor, targets: TeacherTargets, cap: float | None, chunk: int = 4096) -> float:
+    """:func:`output_loss` over every entry, in chunks (a progress figure, no gradient)."""
+    total, count = 0.0, len(targets.context)
+    for start in range(0, count, chunk):
+        select = torch.arange(start, min(start + chunk, count))
+        total += float(output_loss(rows, targets, select, cap)) * len(select)
+    return total / max(count, 1)
+
+
+def distill(
+    model: Any,
+    tokenizer: Any,
+    base_tokenizer: Any,
+    lines: Sequence[str],
+    new_ids: Sequence[int],
+    base_len: int,
+    config: DistillConfig,
+    checkpoint_dir: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> DistillResult:
+    """Learn the new rows of ``model`` (already resized, rows at a heuristic start) from ``lines``.
+
+    The model's weights are frozen; only copies of the new rows are optimised, and the returned rows
+    are not written into the model (see :func:`apply`). ``new_ids`` must be ``base_len`` onwards.
+    """
+    new_ids = sorted(new_ids)
+    if new_ids != list(range(base_len, base_len + len(new_ids))):
+        raise ValueError("new ids must be contiguous from the base vocabulary size")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    model.eval()
+    bos, pad = bos_id(tokenizer), pad_id(tokenizer)
+    pieces = {i: [p for p in ids if p < base_len] for i, ids in zip(new_ids, pieces_of(tokenizer.convert_ids_to_tokens(new_ids), base_tokenizer))}
+    plan = plan_contexts(encode_plain(tokenizer, lines), new_ids, pieces, base_len, bos, config)
+    log(f"{len(plan.contexts)} contexts cover {len(plan.distilled)} of {len(new_ids)} new tokens ({len(plan.selected)} selected)")
+    device = model_device(model)
+    start = model.get_input_embeddings().weight[base_len : base_len + len(new_ids)].detach().float().clone().to(device)
+    named = {"input": torch.nn.Parameter(start.clone())}
+    if config.mode == "untied":
+        named["output"] = torch.nn.Parameter(start.clone())
+    optimizer = torch.optim.Adam(list(named.values()), lr=config.learning_rate)
+    if not plan.contexts:
+        return DistillResult(start.cpu(), start.cpu() if "output" in named else None, [], plan.fallback(new_ids), plan.selected, 0, 0, 0)
+    started = time.monotonic()
+    with_output = config.output_weight > 0
+    targets = teacher_targets(model, plan.contexts, base_len, pad, config.batch_size, with_output)
+    teacher_seconds = time.monotonic() - started
+    cap = softcap_of(model)
+    before = mean_output_loss(start, targets, cap) if with_output else float("nan")
+    steps_per_epoch = math.ceil(len(plan.contexts) / config.batch_size)
+    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    key = run_key(config, new_ids, corpus_digest(lines))
+    state = _load_checkpoint(checkpoint_dir, key, named, optimizer) if checkpoint_dir else None
+    first_step = state["step"] if state else 0
+    history: list[dict[str, float]] = state["history"] if state else []
+    if state:
+        log(f"resuming distillation at step {first_step} of {total_steps}")
+    order_rng = random.Random(config.seed)
+    orders = [order_rng.sample(range(len(plan.contexts)), len(plan.contexts)) for _ in range(math.ceil(total_steps / steps_per_epoch))]
+    weight = config.output_weight
+    projector = output_preserving_projector(targets, config.keep_output, device) if config.mode == "tied" else None
+    loop_started, student_tokens = time.monotonic(), 0
+    for step in range(first_step, total_steps):
+        epoch, offset = divmod(step, steps_per_epoch)
+        indices = orders[epoch][offset * config.batch_size : (offset + 1) * config.batch_size]
+        select = torch.nonzero(torch.isin(targets.context, torch.tensor(indices))).squeeze(-1)
+        hidden_loss = input_loss(model, plan.contexts, indices, named["input"], targets, base_len, pad)
+        predict_loss = output_loss(named.get("output", named["input"]), targets, select, cap) if with_output else torch.zeros(())
+        optimizer.zero_grad(set_to_none=True)
+        (hidden_loss + weight * predict_loss).backward()
+        optimizer.step()
+        if projector is not None:
+            with torch.no_grad():
+                named["input"].copy_(start + (named["input"] - start) @ projector)
+        student_tokens += sum(len(plan.contexts[i].student) for i in indices)
+        history.append({"step": step + 1, "hidden_loss": round(hidden_loss.item(), 5), "output_loss": round(predict_loss.item(), 5)})
+        if checkpoint_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == total_steps):
+            _save_checkpoint(checkpoint_dir, named, optimizer, {"key": key, "step": step + 1, "history": history})
+        if (step + 1) % max(1, total_steps // 10) == 0:
+            log(f"distill step {step + 1}/{total_steps}: hidden {hidden_loss.item():.4f}, output {predict_loss.item():.4f}")
+    loop_seconds = time.monotonic() - loop_started
+    keep = torch.tensor([i in plan.distilled for i in new_ids], device=device)[:, None]
+    rows = {name: torch.where(keep, value.detach(), start).cpu() for name, value in named.items()}
+    after = mean_output_loss(rows.get("output", rows["input"]).to(device), targets, cap) if with_output else float("nan")
+    stats = {
+        "teacher_seconds": round(teacher_seconds, 2),
+        "student_seconds": round(loop_seconds, 2),
+        "student_tokens": student_tokens,
+        "tokens_per_second": round(student_tokens / max(loop_seconds, 1e-9), 1),
+        "output_loss_before": round(before, 4),
+        "output_loss_after": round(after, 4),
+        "output_entries": len(targets.context),
+        "frozen_directions": 0 if projector is None else round(float(projector.shape[0] - torch.trace(projector))),
+    }
+    return DistillResult(
+        rows["input"], rows.get("output"), sorted(plan.distilled), plan.fallback(new_ids), plan.selected,
+        len(plan.contexts), total_steps, first_step, history, stats,
+    )
+
+
+@torch.no_grad()
+def apply(model: Any, result: DistillResult, base_len: int) -> None:
+    """Write distilled rows into the model: input rows, and output rows if the model's head is untied."""
+    count = result.input_rows.shape[0]
+    embedding = model.get_input_embeddings().weight
+    embedding[base_len : base_len + count] = result.input_rows.to(embedding.device, embedding.dtype)
+    if result.output_rows is not None:
+        head = model.get_output_embeddings().weight
+        if head.data_ptr() == embedding.data_ptr():
+            raise ValueError("untied output rows need a model whose output projection is not tied to its input embeddings")
+        head[base_len : base_len + count] = result.output_rows.to(head.device, head.dtype)
+
+
+def save_rows(directory: Path, result: DistillResult) -> None:
+    """The learned rows (safetensors) and which ids they cover (JSON), into ``directory``."""
+    from safetensors.torch import save_file
+
+    tensors = {"input": result.input_rows.contiguous()}
+    if result.output_rows is not None:
+        tensors["output"] = result.output_rows.contiguous()
+    save_file(tensors, str(directory / ROWS_FILE))
+    (directory / IDS_FILE).write_text(json.dumps({"distilled": result.distilled, "fallback": result.fallback, "selected": result.selected}))
+
+
+def load_rows(directory: Path, expected_rows: int) -> DistillResult:
+    """Rows saved by :func:`save_rows`; refuses rows made for another tokenizer (a different count)."""
+    from safetensors.torch import load_file
+
+    if not (directory / ROWS_FILE).exists():
+        raise FileNotFoundError(f"{directory / ROWS_FILE}: no distilled rows; materialize distilled_embeddings for this variant first")
+    tensors = load_file(str(directory / ROWS_FILE))
+    if tensors["input"].shape[0] != expected_rows:
+        raise ValueError(f"{directory / ROWS_FILE}: {tensors['input'].shape[0]} rows, but the tokenizer has {expected_rows} new tokens; re-materialize distilled_embeddings")
+    ids = read_json(directory / IDS_FILE)
+    return DistillResult(tensors["input"], tensors.get("output"), ids["distilled"], ids["fallback"], ids["selected"], 0, 0, 0)
