@@ -36,7 +36,10 @@ APT := $(if $(filter 0,$(shell id -u)),,sudo -n) env DEBIAN_FRONTEND=noninteract
 browser:
 	@command -v chromium >/dev/null || { $(APT) update -qq && $(APT) install -y -qq chromium fonts-noto-cjk >/dev/null; } || echo "chromium missing: the asset-graph screenshot test will be skipped"
 
+# Lint and format check first (ruff, configured in pyproject.toml), then the suite.
 test: install browser
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 ui: install instance

@@ -16,7 +16,10 @@ def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (``platform.processor()`` is often empty on Linux)."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor() or platform.machine())
+    return next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+        platform.processor() or platform.machine(),
+    )
 
 
 def machine(**versions: str) -> dict[str, Any]:

@@ -23,12 +23,17 @@ import os
 import time
 
 import torch
-
 from _machine import machine
+
 from medtok_dagster import layout, readers
-from medtok_dagster.assets.model import base_vocab_size, build_initialized, tokens_of_variant, training_lines
-from medtok_dagster.core import distill, lm_metrics
+from medtok_dagster.assets.model import (
+    base_vocab_size,
+    build_initialized,
+    tokens_of_variant,
+    training_lines,
+)
 from medtok_dagster.core import base_model as core_base_model
+from medtok_dagster.core import distill, lm_metrics
 from medtok_dagster.resources import build_resources
 
 OPTIONS = {
@@ -47,13 +52,17 @@ def untie(model) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=300, help="new tokens distilled (most frequent first)")
+    parser.add_argument(
+        "--tokens", type=int, default=300, help="new tokens distilled (most frequent first)"
+    )
     parser.add_argument("--contexts", type=int, default=4)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--variant", default="ded_medical")
     args = parser.parse_args()
-    resources = build_resources(os.environ.get("MEDTOK_DATA_DIR", "data"), os.environ.get("MEDTOK_MODEL_DIR", "model"))
+    resources = build_resources(
+        os.environ.get("MEDTOK_DATA_DIR", "data"), os.environ.get("MEDTOK_MODEL_DIR", "model")
+    )
     paths, base_model = resources["paths"], resources["base_model"]
     held_out = [q.question for q in readers.exam_questions(paths)][: args.questions]
     source = base_model.source()
@@ -65,16 +74,31 @@ def main() -> None:
     base_len = base_vocab_size(paths, args.variant)
     lines = training_lines(paths)
     results = {"base": {"bits_per_char": round(reference.bits_per_char, 4)}}
-    model, tokenizer, _ = build_initialized(base_model, paths, args.variant, tokens, "subtoken_mean", None)
+    model, tokenizer, _ = build_initialized(
+        base_model, paths, args.variant, tokens, "subtoken_mean", None
+    )
     hidden = model.config.get_text_config().hidden_size
-    results["subtoken_mean"] = {"bits_per_char": round(lm_metrics.score_texts(model, tokenizer, held_out).bits_per_char, 4)}
+    results["subtoken_mean"] = {
+        "bits_per_char": round(lm_metrics.score_texts(model, tokenizer, held_out).bits_per_char, 4)
+    }
     for name, settings in OPTIONS.items():
-        model, tokenizer, _ = build_initialized(base_model, paths, args.variant, tokens, "subtoken_mean", None)
+        model, tokenizer, _ = build_initialized(
+            base_model, paths, args.variant, tokens, "subtoken_mean", None
+        )
         if settings["mode"] == "untied":
             untie(model)
-        config = distill.DistillConfig(max_tokens=args.tokens, contexts_per_token=args.contexts, context_before=16, context_after=6, epochs=args.epochs, **settings)
+        config = distill.DistillConfig(
+            max_tokens=args.tokens,
+            contexts_per_token=args.contexts,
+            context_before=16,
+            context_after=6,
+            epochs=args.epochs,
+            **settings,
+        )
         started = time.perf_counter()
-        result = distill.distill(model, tokenizer, base_tokenizer, lines, [t.token_id for t in tokens], base_len, config)
+        result = distill.distill(
+            model, tokenizer, base_tokenizer, lines, [t.token_id for t in tokens], base_len, config
+        )
         seconds = time.perf_counter() - started
         distill.apply(model, result, base_len)
         score = lm_metrics.score_texts(model, tokenizer, held_out)
@@ -91,22 +115,29 @@ def main() -> None:
         }
         del model
     vocab_rows = base_len + len(tokens)
-    print(json.dumps({
-        "benchmark": "distillation_init",
-        "machine": machine(torch=torch.__version__, torch_threads=str(torch.get_num_threads())),
-        "model": "embedded gemma3-270m (fp32, hidden 640)",
-        "variant": args.variant,
-        "new_tokens": len(tokens),
-        "held_out_questions": len(held_out),
-        "results": results,
-        "untied_costs": {
-            "extra_adapter_bytes_fp32": len(tokens) * hidden * 4,
-            "extra_merged_model_bytes_fp32": vocab_rows * hidden * 4,
-            "extra_merged_model_bytes_bf16_medgemma_4b": vocab_rows * 2560 * 2,
-            "extra_merged_model_bytes_bf16_medgemma_27b": vocab_rows * 5376 * 2,
-        },
-        "layout": str(layout.distilled_dir(paths, args.variant)),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "distillation_init",
+                "machine": machine(
+                    torch=torch.__version__, torch_threads=str(torch.get_num_threads())
+                ),
+                "model": "embedded gemma3-270m (fp32, hidden 640)",
+                "variant": args.variant,
+                "new_tokens": len(tokens),
+                "held_out_questions": len(held_out),
+                "results": results,
+                "untied_costs": {
+                    "extra_adapter_bytes_fp32": len(tokens) * hidden * 4,
+                    "extra_merged_model_bytes_fp32": vocab_rows * hidden * 4,
+                    "extra_merged_model_bytes_bf16_medgemma_4b": vocab_rows * 2560 * 2,
+                    "extra_merged_model_bytes_bf16_medgemma_27b": vocab_rows * 5376 * 2,
+                },
+                "layout": str(layout.distilled_dir(paths, args.variant)),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

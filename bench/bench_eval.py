@@ -17,8 +17,8 @@ import os
 import time
 
 import torch
-
 from _machine import machine
+
 from medtok_dagster import readers
 from medtok_dagster.assets.evaluation import load_stage
 from medtok_dagster.core import evaluation, lm_metrics
@@ -33,11 +33,18 @@ def timed(function, *args) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--naive-questions", type=int, default=16, help="questions both paths score (the naive loop is slow)")
+    parser.add_argument(
+        "--naive-questions",
+        type=int,
+        default=16,
+        help="questions both paths score (the naive loop is slow)",
+    )
     parser.add_argument("--variant", default="ded_medical")
     parser.add_argument("--profile", default="embedded")
     args = parser.parse_args()
-    resources = build_resources(os.environ.get("MEDTOK_DATA_DIR", "data"), os.environ.get("MEDTOK_MODEL_DIR", "model"))
+    resources = build_resources(
+        os.environ.get("MEDTOK_DATA_DIR", "data"), os.environ.get("MEDTOK_MODEL_DIR", "model")
+    )
     paths, base_model = resources["paths"], resources["base_model"]
     questions = readers.exam_questions(paths)
     model, tokenizer = load_stage("base", paths, base_model, args.profile, args.variant)
@@ -57,19 +64,26 @@ def main() -> None:
             "accuracy": round(lm_metrics.exam_accuracy(questions, scores.options).accuracy, 4),
         }
         del model
-    print(json.dumps({
-        "benchmark": "exam_option_scoring",
-        "machine": machine(torch=torch.__version__, torch_threads=str(torch.get_num_threads())),
-        "model": f"embedded gemma3-270m ({str(model_dtype).removeprefix('torch.')})",
-        "questions_compared": len(sample),
-        "naive_per_option_loop_s": round(naive_s, 2),
-        "shared_prefix_s": round(fast_s, 2),
-        "speedup": round(naive_s / fast_s, 1),
-        "max_abs_logprob_difference": round(worst, 5),
-        "all_questions": len(questions),
-        "three_stages": stages,
-        "three_stages_total_s": round(sum(s["seconds"] for s in stages.values()), 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "exam_option_scoring",
+                "machine": machine(
+                    torch=torch.__version__, torch_threads=str(torch.get_num_threads())
+                ),
+                "model": f"embedded gemma3-270m ({str(model_dtype).removeprefix('torch.')})",
+                "questions_compared": len(sample),
+                "naive_per_option_loop_s": round(naive_s, 2),
+                "shared_prefix_s": round(fast_s, 2),
+                "speedup": round(naive_s / fast_s, 1),
+                "max_abs_logprob_difference": round(worst, 5),
+                "all_questions": len(questions),
+                "three_stages": stages,
+                "three_stages_total_s": round(sum(s["seconds"] for s in stages.values()), 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

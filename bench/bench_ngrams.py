@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from _machine import machine  # noqa: E402
+
 from medtok_dagster.core.text import has_hangul, split_sentences  # noqa: E402
 from medtok_dagster.core.vocab import count_hangul_ngrams, count_hangul_ngrams_python  # noqa: E402
 
@@ -115,7 +116,8 @@ def _hangul_columns(dataset: Any) -> list[str]:
     return [
         name
         for name, feature in dataset.features.items()
-        if getattr(feature, "dtype", None) in ("string", "large_string") and any(isinstance(v, str) and has_hangul(v) for v in probe[name])
+        if getattr(feature, "dtype", None) in ("string", "large_string")
+        and any(isinstance(v, str) and has_hangul(v) for v in probe[name])
     ]
 
 
@@ -170,7 +172,10 @@ def timed(fn: Callable[[], pd.DataFrame]) -> tuple[dict[str, float], pd.DataFram
     """Wall and CPU seconds of one run: on a shared machine the CPU time shows the work itself."""
     wall, cpu = time.perf_counter(), cpu_seconds()
     frame = fn()
-    return {"wall_s": round(time.perf_counter() - wall, 3), "cpu_s": round(cpu_seconds() - cpu, 3)}, frame
+    return {
+        "wall_s": round(time.perf_counter() - wall, 3),
+        "cpu_s": round(cpu_seconds() - cpu, 3),
+    }, frame
 
 
 def frames_identical(left: pd.DataFrame, right: pd.DataFrame) -> bool:
@@ -185,7 +190,11 @@ def frames_identical(left: pd.DataFrame, right: pd.DataFrame) -> bool:
 def write_corpus(path: Path, megabytes: float, seed: int) -> dict[str, Any]:
     """Write the benchmark corpus as a zstd parquet ``text`` column and describe it."""
     sentences = corpus_sentences(RAW_KOREAN, MAX_SENTENCES)
-    source = f"{RAW_KOREAN.relative_to(REPO)} ({len(sentences)} sentences)" if sentences else f"built-in ({len(BUILTIN_SENTENCES)} sentences)"
+    source = (
+        f"{RAW_KOREAN.relative_to(REPO)} ({len(sentences)} sentences)"
+        if sentences
+        else f"built-in ({len(BUILTIN_SENTENCES)} sentences)"
+    )
     lines = build_lines(sentences or BUILTIN_SENTENCES, megabytes, seed)
     pq.write_table(pa.table({"text": pa.array(lines, pa.large_string())}), path, compression="zstd")
     text_mb = sum(len(line.encode("utf-8")) for line in lines) / 1e6
@@ -193,22 +202,38 @@ def write_corpus(path: Path, megabytes: float, seed: int) -> dict[str, Any]:
     return {"text_mb": round(text_mb, 1), "lines": len(lines), "source": source}
 
 
-def measure(path: Path, repeats: int) -> tuple[dict[str, list[dict[str, float]]], dict[str, pd.DataFrame]]:
+def measure(
+    path: Path, repeats: int
+) -> tuple[dict[str, list[dict[str, float]]], dict[str, pd.DataFrame]]:
     """Alternate the two implementations ``repeats`` times; return every run and the last frames."""
     runs: dict[str, list[dict[str, float]]] = {"python": [], "duckdb": []}
     frames: dict[str, pd.DataFrame] = {}
     for repeat in range(repeats):
-        for name, fn in (("python", lambda: run_python(path)), ("duckdb", lambda: count_hangul_ngrams(path))):
+        for name, fn in (
+            ("python", lambda: run_python(path)),
+            ("duckdb", lambda: count_hangul_ngrams(path)),
+        ):
             run, frames[name] = timed(fn)
             runs[name].append(run)
-            log(f"run {repeat + 1}/{repeats} {name}: {run['wall_s']:.2f} s wall, {run['cpu_s']:.2f} s CPU")
+            log(
+                f"run {repeat + 1}/{repeats} {name}: {run['wall_s']:.2f} s wall, {run['cpu_s']:.2f} s CPU"
+            )
     return runs, frames
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=float, default=100.0, help="megabytes of Korean text to build (default 100)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each implementation, alternating; the fastest counts")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--mb", type=float, default=100.0, help="megabytes of Korean text to build (default 100)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs of each implementation, alternating; the fastest counts",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

@@ -102,7 +102,12 @@ BUILTIN_SENTENCES = [
     "우리 팀은 이번 분기 목표를 초과 달성했다.",
     "소아 환자의 약 용량은 체중에 따라 결정한다.",
 ]
-NON_KOREAN_LINES = ["Copyright 2021 All rights reserved.", "ISBN 978-89-01-23456-7", "https://example.org/wiki", "1995 | 2003 | 2011"]
+NON_KOREAN_LINES = [
+    "Copyright 2021 All rights reserved.",
+    "ISBN 978-89-01-23456-7",
+    "https://example.org/wiki",
+    "1995 | 2003 | 2011",
+]
 
 
 def source_sentences(seed: int) -> list[str]:
@@ -114,7 +119,9 @@ def source_sentences(seed: int) -> list[str]:
     sentences: list[str] = []
     for corpus in corpora:
         lines = sample_corpus(corpus, 2_000, seed=seed, lenient=True).lines.to_pylist()
-        sentences.extend(s for line in lines for s in split_sentences(line) if has_hangul(s) and len(s) >= 8)
+        sentences.extend(
+            s for line in lines for s in split_sentences(line) if has_hangul(s) and len(s) >= 8
+        )
     return sentences[:20_000] if len(sentences) >= 50 else BUILTIN_SENTENCES
 
 
@@ -136,7 +143,13 @@ def varied_document(rng: random.Random, sentences: list[str]) -> str:
     lines = []
     for _ in range(rng.randint(1, 10)):
         roll = rng.random()
-        lines.append("" if roll < 0.08 else rng.choice(NON_KOREAN_LINES) if roll < 0.11 else varied_line(rng, sentences))
+        lines.append(
+            ""
+            if roll < 0.08
+            else rng.choice(NON_KOREAN_LINES)
+            if roll < 0.11
+            else varied_line(rng, sentences)
+        )
     return "\n".join(lines)
 
 
@@ -156,14 +169,22 @@ def write_corpora(root: Path, gigabytes: float, shard_mb: int, seed: int) -> dic
     datasets.disable_progress_bars()
     out = {}
     for label, count in ((f"{gigabytes / 2:g}", half), (f"{gigabytes:g}", len(docs))):
-        columns = {"id": list(range(count)), "url": [f"https://ko.example.org/{i}" for i in range(count)], "text": docs[:count]}
+        columns = {
+            "id": list(range(count)),
+            "url": [f"https://ko.example.org/{i}" for i in range(count)],
+            "text": docs[:count],
+        }
         out[label] = root / f"corpus_{label}gb"
-        datasets.Dataset.from_dict(columns).save_to_disk(str(out[label]), max_shard_size=f"{shard_mb}MB")
+        datasets.Dataset.from_dict(columns).save_to_disk(
+            str(out[label]), max_shard_size=f"{shard_mb}MB"
+        )
     return out
 
 
 BASELINE_METHOD = "pyarrow IPC stream batches (memory-mapped) + to_pylist of the text column"
-KERNEL_SCAN_METHOD = "pyarrow IPC stream batches (memory-mapped) + pc.sum(pc.utf8_length(text column))"
+KERNEL_SCAN_METHOD = (
+    "pyarrow IPC stream batches (memory-mapped) + pc.sum(pc.utf8_length(text column))"
+)
 
 
 def baseline_scan(corpus: Path) -> dict[str, Any]:
@@ -265,15 +286,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         corpora = write_corpora(root, args.gb, args.shard_mb, args.seed)
         report["generate_s"] = round(time.perf_counter() - start, 1)
         print(f"corpora written in {report['generate_s']} s", file=sys.stderr)
-        keys = ("corpus_bytes", "shards", "lines_seen", "sample_lines", "sample_type", "sample_mb",
-                "baseline_mb_s", "sample_mb_s", "throughput_ratio", "arrow_kernel_scan_mb_s", "kernel_scan_ratio",
-                "peak_rss_mb", "baseline_peak_rss_mb", "kernel_scan_peak_rss_mb",
-                "baseline_seconds", "kernel_scan_seconds", "sample_seconds")
+        keys = (
+            "corpus_bytes",
+            "shards",
+            "lines_seen",
+            "sample_lines",
+            "sample_type",
+            "sample_mb",
+            "baseline_mb_s",
+            "sample_mb_s",
+            "throughput_ratio",
+            "arrow_kernel_scan_mb_s",
+            "kernel_scan_ratio",
+            "peak_rss_mb",
+            "baseline_peak_rss_mb",
+            "kernel_scan_peak_rss_mb",
+            "baseline_seconds",
+            "kernel_scan_seconds",
+            "sample_seconds",
+        )
         for key in keys:
             report[key] = {}
         for label, corpus in corpora.items():
             size = corpus_bytes(corpus)
-            runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "kernel_scan": [], "sample": []}
+            runs: dict[str, list[dict[str, Any]]] = {
+                "baseline": [],
+                "kernel_scan": [],
+                "sample": [],
+            }
             for _ in range(args.repeats):
                 for kind in runs:
                     runs[kind].append(measure(kind, corpus, args.n_lines, args.seed))
@@ -288,12 +328,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["arrow_kernel_scan_mb_s"][label] = round(size / 1e6 / best["kernel_scan"], 1)
             report["kernel_scan_ratio"][label] = round(best["kernel_scan"] / best["sample"], 3)
             report["peak_rss_mb"][label] = round(max(r["peak_rss_mb"] for r in runs["sample"]), 1)
-            report["baseline_peak_rss_mb"][label] = round(max(r["peak_rss_mb"] for r in runs["baseline"]), 1)
-            report["kernel_scan_peak_rss_mb"][label] = round(max(r["peak_rss_mb"] for r in runs["kernel_scan"]), 1)
+            report["baseline_peak_rss_mb"][label] = round(
+                max(r["peak_rss_mb"] for r in runs["baseline"]), 1
+            )
+            report["kernel_scan_peak_rss_mb"][label] = round(
+                max(r["peak_rss_mb"] for r in runs["kernel_scan"]), 1
+            )
             for kind in runs:
                 report[f"{kind}_seconds"][label] = [round(r["seconds"], 3) for r in runs[kind]]
         half, full = list(corpora)
-        report["rss_growth_ratio"] = round(report["peak_rss_mb"][full] / report["peak_rss_mb"][half], 3)
+        report["rss_growth_ratio"] = round(
+            report["peak_rss_mb"][full] / report["peak_rss_mb"][half], 3
+        )
         report["peak_rss_ok"] = max(report["peak_rss_mb"].values()) < PEAK_RSS_LIMIT_MB
         report["throughput_ok"] = min(report["throughput_ratio"].values()) >= THROUGHPUT_TARGET
         report["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -303,13 +349,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gb", type=float, default=1.0, help="size of the larger corpus; half of it is measured too")
-    parser.add_argument("--n-lines", type=int, default=1_000_000, help="sample size passed to sample_corpus")
-    parser.add_argument("--shard-mb", type=int, default=500, help="max_shard_size for save_to_disk (its default)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the fastest counts")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--gb",
+        type=float,
+        default=1.0,
+        help="size of the larger corpus; half of it is measured too",
+    )
+    parser.add_argument(
+        "--n-lines", type=int, default=1_000_000, help="sample size passed to sample_corpus"
+    )
+    parser.add_argument(
+        "--shard-mb", type=int, default=500, help="max_shard_size for save_to_disk (its default)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per measurement; the fastest counts"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tmp-dir", default=None, help="where to build the corpora (default: system temp)")
+    parser.add_argument(
+        "--tmp-dir", default=None, help="where to build the corpora (default: system temp)"
+    )
     print(json.dumps(run(parser.parse_args()), indent=2))
 
 

@@ -22,7 +22,9 @@ MANUAL_ASSETS = ("llm_token_descriptions", "init_comparison")
 
 def observe_condition() -> dg.AutomationCondition:
     """Observe on ``MEDTOK_OBSERVE_CRON`` (default: hourly)."""
-    return dg.AutomationCondition.cron_tick_passed(os.environ.get("MEDTOK_OBSERVE_CRON", "0 * * * *"))
+    return dg.AutomationCondition.cron_tick_passed(
+        os.environ.get("MEDTOK_OBSERVE_CRON", "0 * * * *")
+    )
 
 
 def expensive_condition() -> dg.AutomationCondition:
@@ -46,9 +48,14 @@ def expensive_condition() -> dg.AutomationCondition:
 
 def with_automation(spec: dg.AssetSpec) -> dg.AssetSpec:
     """Attach the group's automation condition to one asset spec (raw specs keep their own)."""
-    if spec.key.to_user_string() in MANUAL_ASSETS or spec.group_name not in (*CHEAP_GROUPS, *EXPENSIVE_GROUPS):
+    if spec.key.to_user_string() in MANUAL_ASSETS or spec.group_name not in (
+        *CHEAP_GROUPS,
+        *EXPENSIVE_GROUPS,
+    ):
         return spec
-    condition = dg.AutomationCondition.eager() if spec.group_name in CHEAP_GROUPS else expensive_condition()
+    condition = (
+        dg.AutomationCondition.eager() if spec.group_name in CHEAP_GROUPS else expensive_condition()
+    )
     return spec.replace_attributes(automation_condition=condition)
 
 

@@ -24,17 +24,55 @@ DEMO_ASSET_PARTITIONS = {"distilled_embeddings": ["ded_medical"]}
 """Variant-partitioned model stages the demo runs for the demo variant only."""
 DEMO_RUN_CONFIG = {
     "ops": {
-        "distilled_embeddings": {"config": {"max_tokens": 600, "contexts_per_token": 4, "context_before": 16, "context_after": 6, "epochs": 2.0}},
+        "distilled_embeddings": {
+            "config": {
+                "max_tokens": 600,
+                "contexts_per_token": 4,
+                "context_before": 16,
+                "context_after": 6,
+                "epochs": 2.0,
+            }
+        },
         "init_comparison": {"config": {"steps": 0, "eval_texts": 64}},
-        "trained_adapter": {"config": {"max_steps": 12, "save_steps": 4, "per_device_batch": 2, "grad_accum": 1, "max_seq_len": 64, "heldout_texts": 32}},
-        "model_evaluation": {"config": {"general_lines": 64, "control_texts": 16, "prefill_texts": 32, "prefill_repeats": 2}},
+        "trained_adapter": {
+            "config": {
+                "max_steps": 12,
+                "save_steps": 4,
+                "per_device_batch": 2,
+                "grad_accum": 1,
+                "max_seq_len": 64,
+                "heldout_texts": 32,
+            }
+        },
+        "model_evaluation": {
+            "config": {
+                "general_lines": 64,
+                "control_texts": 16,
+                "prefill_texts": 32,
+                "prefill_repeats": 2,
+            }
+        },
     }
 }
 """CPU-sized settings for the embedded 270M model; the asset defaults are the full-size ones."""
 SUMMARY_KEYS = (
-    "dagster/row_count", "kept", "lines", "chars", "tokens_added", "ratio_vs_base", "new_vocab_size", "best_strategy", "best_vs_base",
-    "distilled_tokens", "heldout_coverage", "exam_questions_bits_per_char_base", "exam_questions_bits_per_char_trained",
-    "exam_bits_per_char_vs_base", "exam_accuracy", "prefill_speedup", "size_gb",
+    "dagster/row_count",
+    "kept",
+    "lines",
+    "chars",
+    "tokens_added",
+    "ratio_vs_base",
+    "new_vocab_size",
+    "best_strategy",
+    "best_vs_base",
+    "distilled_tokens",
+    "heldout_coverage",
+    "exam_questions_bits_per_char_base",
+    "exam_questions_bits_per_char_trained",
+    "exam_bits_per_char_vs_base",
+    "exam_accuracy",
+    "prefill_speedup",
+    "size_gb",
 )
 
 
@@ -55,7 +93,9 @@ class DemoReport:
     seconds: float = 0.0
 
 
-def _partition_keys(partitions: dg.PartitionsDefinition | None, only: dict[str, str], asset: str = "") -> list[str | None]:
+def _partition_keys(
+    partitions: dg.PartitionsDefinition | None, only: dict[str, str], asset: str = ""
+) -> list[str | None]:
     if partitions is None:
         return [None]
     keys = partitions.get_partition_keys()
@@ -66,7 +106,9 @@ def _partition_keys(partitions: dg.PartitionsDefinition | None, only: dict[str, 
     return list(keys)
 
 
-def plan_phases(defs: dg.Definitions, skip: set[str], only: dict[str, str]) -> tuple[list[Phase], list[Phase]]:
+def plan_phases(
+    defs: dg.Definitions, skip: set[str], only: dict[str, str]
+) -> tuple[list[Phase], list[Phase]]:
     """Observation phases for raw sources, then materialization phases grouped by partitions definition."""
     graph = defs.resolve_asset_graph()
     raw: list[Phase] = []
@@ -95,14 +137,21 @@ def _collect(result: dg.ExecuteInProcessResult, report: DemoReport, partition: s
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         name = materialization.asset_key.to_user_string() + (f"[{partition}]" if partition else "")
-        report.materialized[name] = {k: v.value for k, v in materialization.metadata.items() if k in SUMMARY_KEYS}
+        report.materialized[name] = {
+            k: v.value for k, v in materialization.metadata.items() if k in SUMMARY_KEYS
+        }
     for evaluation in result.get_asset_check_evaluations():
         name = evaluation.asset_key.to_user_string() + (f"[{partition}]" if partition else "")
-        report.checks.append((name, evaluation.check_name, evaluation.passed, evaluation.severity.value))
+        report.checks.append(
+            (name, evaluation.check_name, evaluation.passed, evaluation.severity.value)
+        )
 
 
 def run_demo(
-    defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict | None = None, only: dict[str, str] = DEMO_MODEL_PARTITIONS
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    run_config: dict | None = None,
+    only: dict[str, str] = DEMO_MODEL_PARTITIONS,
 ) -> DemoReport:
     """Observe raw sources, then materialize every phase; stops at the first failure."""
     report = DemoReport()
@@ -111,13 +160,38 @@ def run_demo(
     observations, phases = plan_phases(defs, OPTIONAL_ASSETS, only)
     for phase in observations:
         for partition in phase.partition_keys:
-            dg.materialize(assets, selection=phase.keys, partition_key=partition, instance=instance, resources=defs.resources)
+            dg.materialize(
+                assets,
+                selection=phase.keys,
+                partition_key=partition,
+                instance=instance,
+                resources=defs.resources,
+            )
     for phase in phases:
         for partition in phase.partition_keys:
-            print(f"materializing {', '.join(k.to_user_string() for k in phase.keys)}" + (f" [{partition}]" if partition else ""), flush=True)
-            selection = dg.AssetSelection.assets(*phase.keys) | dg.AssetSelection.checks_for_assets(*phase.keys)
-            config = {"ops": {k: v for k, v in (run_config or {}).get("ops", {}).items() if dg.AssetKey(k) in phase.keys}}
-            result = dg.materialize(assets, selection=selection, partition_key=partition, instance=instance, resources=defs.resources, run_config=config)
+            print(
+                f"materializing {', '.join(k.to_user_string() for k in phase.keys)}"
+                + (f" [{partition}]" if partition else ""),
+                flush=True,
+            )
+            selection = dg.AssetSelection.assets(*phase.keys) | dg.AssetSelection.checks_for_assets(
+                *phase.keys
+            )
+            config = {
+                "ops": {
+                    k: v
+                    for k, v in (run_config or {}).get("ops", {}).items()
+                    if dg.AssetKey(k) in phase.keys
+                }
+            }
+            result = dg.materialize(
+                assets,
+                selection=selection,
+                partition_key=partition,
+                instance=instance,
+                resources=defs.resources,
+                run_config=config,
+            )
             _collect(result, report, partition)
     report.seconds = time.monotonic() - started
     return report

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medtok_dagster.resources import GENERAL_SAMPLE_DIR, TOKENIZER_DATA_DIR, TOKENIZER_DIR, PathsResource
+from medtok_dagster.resources import (
+    GENERAL_SAMPLE_DIR,
+    TOKENIZER_DATA_DIR,
+    TOKENIZER_DIR,
+    PathsResource,
+)
 
 TOKEN_MAPPING = "token_mapping.json"
 REVIEWED_DESCRIPTIONS = "reviewed_new_token_description.json"
@@ -45,11 +50,15 @@ def reviewed_descriptions(paths: PathsResource, variant: str) -> Path:
 def general_sample_files(paths: PathsResource, heldout: bool = False) -> list[Path]:
     """Every configured corpus's sample file (training lines), or its held-out file."""
     suffix = HELDOUT_SUFFIX if heldout else SAMPLE_SUFFIX
-    return [paths.model(GENERAL_SAMPLE_DIR, f"{name}{suffix}") for name in paths.general_corpus_dirs()]
+    return [
+        paths.model(GENERAL_SAMPLE_DIR, f"{name}{suffix}") for name in paths.general_corpus_dirs()
+    ]
 
 
 def general_sample_file(paths: PathsResource, corpus: str, heldout: bool = False) -> Path:
-    return paths.model(GENERAL_SAMPLE_DIR, f"{corpus}{HELDOUT_SUFFIX if heldout else SAMPLE_SUFFIX}")
+    return paths.model(
+        GENERAL_SAMPLE_DIR, f"{corpus}{HELDOUT_SUFFIX if heldout else SAMPLE_SUFFIX}"
+    )
 
 
 def initialised_dir(paths: PathsResource, profile: str, variant: str) -> Path:

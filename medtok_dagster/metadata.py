@@ -23,9 +23,13 @@ def md_table(frame: pd.DataFrame, rows: int = PREVIEW_ROWS) -> dg.MetadataValue:
     return dg.MetadataValue.md(head.to_markdown(index=False))
 
 
-def md_counts(counts: dict[str, int], key: str = "reason", value: str = "count") -> dg.MetadataValue:
+def md_counts(
+    counts: dict[str, int], key: str = "reason", value: str = "count"
+) -> dg.MetadataValue:
     """A two-column markdown table of counts."""
-    return md_table(pd.DataFrame({key: list(counts), value: list(counts.values())}), rows=len(counts) or 1)
+    return md_table(
+        pd.DataFrame({key: list(counts), value: list(counts.values())}), rows=len(counts) or 1
+    )
 
 
 def skip_metadata(skips: SkipReport) -> dict[str, dg.MetadataValue]:
@@ -33,11 +37,15 @@ def skip_metadata(skips: SkipReport) -> dict[str, dg.MetadataValue]:
     meta: dict[str, dg.MetadataValue] = {"skipped_records": dg.MetadataValue.int(skips.total)}
     if skips.total:
         meta["skipped_by_reason"] = md_counts(skips.as_dict())
-        meta["skipped_examples"] = dg.MetadataValue.md("\n".join(f"- `{e}`" for e in skips.examples))
+        meta["skipped_examples"] = dg.MetadataValue.md(
+            "\n".join(f"- `{e}`" for e in skips.examples)
+        )
     return meta
 
 
-def md_plot(draw: Callable[[object], None], width: float = 6.0, height: float = 3.5) -> dg.MetadataValue:
+def md_plot(
+    draw: Callable[[object], None], width: float = 6.0, height: float = 3.5
+) -> dg.MetadataValue:
     """Render a matplotlib drawing function into an inline PNG markdown image."""
     import matplotlib
 

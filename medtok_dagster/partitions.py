@@ -13,7 +13,9 @@ CORPORA_SOURCE = "korean_corpora"
 
 variant_partitions = dg.StaticPartitionsDefinition(list(VARIANTS))
 profile_partitions = dg.StaticPartitionsDefinition(list(PROFILES))
-model_partitions = dg.MultiPartitionsDefinition({"variant": variant_partitions, "profile": profile_partitions})
+model_partitions = dg.MultiPartitionsDefinition(
+    {"variant": variant_partitions, "profile": profile_partitions}
+)
 BY_VARIANT = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant")
 """A variant × profile stage reads the variant's partition of a per-variant stage."""
 

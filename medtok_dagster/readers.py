@@ -10,7 +10,13 @@ from medtok_dagster import layout
 from medtok_dagster.core import dedicated, lm_metrics
 from medtok_dagster.core.corpus import read_lines_parquet
 from medtok_dagster.core.io import JsonlRecord, SkipReport, read_jsonl
-from medtok_dagster.resources import EVAL_DIR, MCQ_TEST, MCQ_TRAIN, MEDICAL_CORPUS_PARQUET, PathsResource
+from medtok_dagster.resources import (
+    EVAL_DIR,
+    MCQ_TEST,
+    MCQ_TRAIN,
+    MEDICAL_CORPUS_PARQUET,
+    PathsResource,
+)
 
 CONTROL_TEXTS = ("english", "code")
 """No-regression controls under ``03_eval/``: text the Korean vocabulary must not make worse."""
@@ -39,12 +45,19 @@ def exam_questions(paths: PathsResource) -> list[lm_metrics.Question]:
 
 def general_heldout_lines(paths: PathsResource) -> list[str]:
     """Held-out lines of every general corpus sample (never trained on)."""
-    return [line for path in layout.general_sample_files(paths, heldout=True) if path.exists() for line in read_lines_parquet(path)]
+    return [
+        line
+        for path in layout.general_sample_files(paths, heldout=True)
+        if path.exists()
+        for line in read_lines_parquet(path)
+    ]
 
 
 def general_training_lines(paths: PathsResource) -> list[str]:
     """The training lines of every general corpus sample."""
-    return [line for path in layout.general_sample_files(paths) for line in read_lines_parquet(path)]
+    return [
+        line for path in layout.general_sample_files(paths) for line in read_lines_parquet(path)
+    ]
 
 
 def medical_lines(paths: PathsResource) -> list[str]:

@@ -62,7 +62,9 @@ def relative_path(value: str) -> str:
     name a file outside the directory the field is relative to; refused when the step starts, before
     the asset reads or writes anything."""
     if Path(value).is_absolute() or ".." in Path(value).parts:
-        raise PathEscapeError(f"{value!r}: give a path relative to the data or model directory, without '..'")
+        raise PathEscapeError(
+            f"{value!r}: give a path relative to the data or model directory, without '..'"
+        )
     return value
 
 
@@ -85,7 +87,9 @@ class PathsResource(dg.ConfigurableResource):
         root = self.data(GENERAL_CORPORA_DIR)
         if not root.is_dir():
             return {}
-        return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+        return {
+            p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+        }
 
 
 class BaseModelResource(dg.ConfigurableResource):
@@ -96,7 +100,9 @@ class BaseModelResource(dg.ConfigurableResource):
 
     def source(self, with_model: bool = True) -> core_base_model.BaseModelSource:
         """Resolve (and for the embedded model, convert once) the configured base."""
-        return core_base_model.resolve(self.name_or_path, self.paths.model("base"), with_model=with_model)
+        return core_base_model.resolve(
+            self.name_or_path, self.paths.model("base"), with_model=with_model
+        )
 
     def load_tokenizer(self) -> Any:
         """The base tokenizer (never the weights, so tokenizer stages stay cheap)."""
@@ -123,7 +129,9 @@ def is_lock_conflict(error: BaseException) -> bool:
     return isinstance(error, duckdb.IOException) and LOCK_CONFLICT in str(error)
 
 
-def jittered_delays(rng: random.Random, first: float = LOCK_FIRST_DELAY_S, cap: float = LOCK_MAX_DELAY_S) -> Iterator[float]:
+def jittered_delays(
+    rng: random.Random, first: float = LOCK_FIRST_DELAY_S, cap: float = LOCK_MAX_DELAY_S
+) -> Iterator[float]:
     """Exponential backoff with jitter, capped: waiters that collided do not retry in lockstep, and a
     freed lock is noticed within ``cap`` seconds (dagster_duckdb's own backoff grows to 51 s and gives
     up after 10 tries, about 100 s in all, which a long table write by another run can exceed)."""
@@ -134,7 +142,10 @@ def jittered_delays(rng: random.Random, first: float = LOCK_FIRST_DELAY_S, cap: 
 
 
 def connect_waiting_for_lock(
-    database: str, config: dict[str, Any], timeout_s: float = LOCK_TIMEOUT_S, on_conflict: Callable[[], None] | None = None
+    database: str,
+    config: dict[str, Any],
+    timeout_s: float = LOCK_TIMEOUT_S,
+    on_conflict: Callable[[], None] | None = None,
 ) -> tuple[duckdb.DuckDBPyConnection, LockWait]:
     """Open a write connection, retrying while another process holds the file; give up after ``timeout_s``.
 
@@ -167,18 +178,26 @@ class LockWaitingDuckDbClient(DuckDbClient):
 
     @staticmethod
     @contextmanager
-    def connect(context: dg.OutputContext | dg.InputContext, _: TableSlice) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(
+        context: dg.OutputContext | dg.InputContext, _: TableSlice
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         database = context.resource_config["database"]
         conn, wait = connect_waiting_for_lock(
             database,
             {"custom_user_agent": "dagster", **context.resource_config["connection_config"]},
             context.resource_config["lock_timeout_s"],
-            on_conflict=lambda: context.log.info(f"DuckDB write lock on {database} is held by another process; waiting for it"),
+            on_conflict=lambda: context.log.info(
+                f"DuckDB write lock on {database} is held by another process; waiting for it"
+            ),
         )
         if wait.retries:
-            context.log.info(f"Got the DuckDB write lock after {wait.retries} retries ({wait.seconds:.2f} s)")
+            context.log.info(
+                f"Got the DuckDB write lock after {wait.retries} retries ({wait.seconds:.2f} s)"
+            )
         if isinstance(context, dg.OutputContext):
-            context.add_output_metadata({"duckdb_lock_retries": wait.retries, "duckdb_lock_wait_s": round(wait.seconds, 3)})
+            context.add_output_metadata(
+                {"duckdb_lock_retries": wait.retries, "duckdb_lock_wait_s": round(wait.seconds, 3)}
+            )
         try:
             yield conn
         finally:
@@ -188,7 +207,10 @@ class LockWaitingDuckDbClient(DuckDbClient):
 class MedtokDuckDBIOManager(DuckDBPandasIOManager):
     """The pandas DuckDB IO manager, waiting out other processes' writes instead of failing the step."""
 
-    lock_timeout_s: float = Field(default=LOCK_TIMEOUT_S, description="Seconds to wait for another process's DuckDB write lock.")
+    lock_timeout_s: float = Field(
+        default=LOCK_TIMEOUT_S,
+        description="Seconds to wait for another process's DuckDB write lock.",
+    )
 
     @classmethod
     def _is_dagster_maintained(cls) -> bool:
@@ -220,7 +242,9 @@ def settings_from_env() -> dict[str, str]:
     }
 
 
-def build_resources(data_dir: str, model_dir: str, base_model: str = DEFAULT_BASE_MODEL) -> dict[str, Any]:
+def build_resources(
+    data_dir: str, model_dir: str, base_model: str = DEFAULT_BASE_MODEL
+) -> dict[str, Any]:
     """The resource dict used by ``definitions.py``, the demo and the tests alike."""
     paths = PathsResource(data_dir=data_dir, model_dir=model_dir)
     return {

@@ -30,7 +30,9 @@ def gemma_tokenizer(gemma_dir: Path):
 def copy_sample_data(target: Path) -> Path:
     """A private copy of the shipped sample data, without outputs a local demo wrote into it."""
     generated = ("special_chars_report.json", "dictionary_terms.txt*", "medgemma_*")
-    shutil.copytree(SAMPLE_DATA, target, ignore=shutil.ignore_patterns("scripts", "README.md", *generated))
+    shutil.copytree(
+        SAMPLE_DATA, target, ignore=shutil.ignore_patterns("scripts", "README.md", *generated)
+    )
     return target
 
 
@@ -53,7 +55,9 @@ def model_dir(tmp_path: Path) -> Path:
     return empty_model_dir(tmp_path / "model")
 
 
-def make_tiny_gemma(target: Path, tokenizer, vocab_size: int | None = None, tied: bool = True) -> Path:
+def make_tiny_gemma(
+    target: Path, tokenizer, vocab_size: int | None = None, tied: bool = True
+) -> Path:
     """A randomly initialised 2-layer Gemma 3 with the real tokenizer: fast, but shaped like the real thing."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -91,16 +95,44 @@ def make_tiny_medgemma(target: Path, tokenizer) -> Path:
     and 27B, so every code path that must keep LoRA out of the vision tower is exercised.
     """
     import torch
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
 
     torch.manual_seed(0)
     text = Gemma3TextConfig(
-        vocab_size=MEDGEMMA_VOCAB_ROWS, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=32, max_position_embeddings=512, sliding_window=64,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=MEDGEMMA_VOCAB_ROWS,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=512,
+        sliding_window=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
-    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=262144, boi_token_index=255999, eoi_token_index=256000)
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        image_token_index=262144,
+        boi_token_index=255999,
+        eoi_token_index=256000,
+    )
     Gemma3ForConditionalGeneration(config).save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     return target

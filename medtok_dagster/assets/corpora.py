@@ -1,13 +1,11 @@
 """Corpora: the medical corpus (train split + dictionary) and a streamed sample of each general corpus."""
 
-from typing import Optional
-
 import dagster as dg
 import pandas as pd
 
 from medtok_dagster import layout
-from medtok_dagster.configs import InputConfig
 from medtok_dagster.checks import leak_check_result
+from medtok_dagster.configs import InputConfig
 from medtok_dagster.core import corpus, dictionary
 from medtok_dagster.metadata import md_table, skip_metadata
 from medtok_dagster.partitions import CORPORA_SOURCE, corpus_partitions
@@ -30,14 +28,30 @@ CODE_VERSION = "1"
     code_version=CODE_VERSION,
     description="Korean medical text: train questions and options plus dictionary definitions; NFC, deduplicated, one sentence per row.",
 )
-def medical_corpus(context: dg.AssetExecutionContext, config: InputConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
+def medical_corpus(
+    context: dg.AssetExecutionContext, config: InputConfig, paths: PathsResource
+) -> dg.Output[pd.DataFrame]:
     records, skips = read_train_split(paths, config.lenient)
-    entries = dictionary.load_dictionary(paths.data(MEDICAL_DICTIONARY), lenient=config.lenient).entries
-    rows = corpus.build_medical_corpus([r.data for r in records], [(e.term, e.definition) for e in entries])
+    entries = dictionary.load_dictionary(
+        paths.data(MEDICAL_DICTIONARY), lenient=config.lenient
+    ).entries
+    rows = corpus.build_medical_corpus(
+        [r.data for r in records], [(e.term, e.definition) for e in entries]
+    )
     frame = pd.DataFrame(rows, columns=["source", "text"])
-    out = corpus.write_lines_parquet(frame["text"].tolist(), paths.model(MEDICAL_CORPUS_PARQUET), {"source": frame["source"].tolist()})
-    summary = frame.assign(chars=frame["text"].str.len()).groupby("source", as_index=False).agg(rows=("text", "size"), chars=("chars", "sum"))
-    context.log.info("Medical corpus: %d lines, %d characters", len(frame), int(summary["chars"].sum()))
+    out = corpus.write_lines_parquet(
+        frame["text"].tolist(),
+        paths.model(MEDICAL_CORPUS_PARQUET),
+        {"source": frame["source"].tolist()},
+    )
+    summary = (
+        frame.assign(chars=frame["text"].str.len())
+        .groupby("source", as_index=False)
+        .agg(rows=("text", "size"), chars=("chars", "sum"))
+    )
+    context.log.info(
+        "Medical corpus: %d lines, %d characters", len(frame), int(summary["chars"].sum())
+    )
     return dg.Output(
         summary,
         metadata={
@@ -58,7 +72,7 @@ class GeneralSampleConfig(dg.Config):
     """Lines kept per corpus (uniform reservoir sample over every shard)."""
     seed: int = 0
     """Sampling seed: the same seed and files give the same sample."""
-    text_column: Optional[str] = None
+    text_column: str | None = None
     """Column holding the text; detected (text, content, document, …) when unset."""
     heldout_permille: int = 20
     """Per-mille of sampled lines kept out of vocabulary building, for evaluation only (by line hash)."""
@@ -77,30 +91,46 @@ def build_general_corpus_sample(corpora: list[str]) -> dg.AssetsDefinition:
         kinds={"parquet", "duckdb"},
         code_version=CODE_VERSION,
         metadata={"partition_expr": "corpus"},
-        check_specs=[dg.AssetCheckSpec("no_test_leak", asset="general_corpus_sample", blocking=True,
-                                       description="No test.jsonl question appears in the sampled lines.")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "no_test_leak",
+                asset="general_corpus_sample",
+                blocking=True,
+                description="No test.jsonl question appears in the sampled lines.",
+            )
+        ],
         description="Deterministic reservoir sample of each general corpus, streamed shard by shard; held-out lines kept apart.",
     )
-    def general_corpus_sample(context: dg.AssetExecutionContext, config: GeneralSampleConfig, paths: PathsResource):
+    def general_corpus_sample(
+        context: dg.AssetExecutionContext, config: GeneralSampleConfig, paths: PathsResource
+    ):
         name = context.partition_key
         sample = corpus.sample_corpus(
-            paths.data(GENERAL_CORPORA_DIR, name), config.n_lines, seed=config.seed, text_column=config.text_column,
-            lenient=config.lenient, progress=lambda shards, lines: context.log.info("%s: %d shards, %d lines read", name, shards, lines),
+            paths.data(GENERAL_CORPORA_DIR, name),
+            config.n_lines,
+            seed=config.seed,
+            text_column=config.text_column,
+            lenient=config.lenient,
+            progress=lambda shards, lines: context.log.info(
+                "%s: %d shards, %d lines read", name, shards, lines
+            ),
         )
         train, heldout = corpus.split_heldout_arrow(sample.lines, config.heldout_permille)
         out = corpus.write_lines_parquet(train, layout.general_sample_file(paths, name))
         corpus.write_lines_parquet(heldout, layout.general_sample_file(paths, name, heldout=True))
         summary = pd.DataFrame(
-            [{
-                "corpus": name,
-                "shards": len(sample.shards),
-                "text_column": sample.text_column,
-                "lines_seen": sample.lines_seen,
-                "sampled": len(train),
-                "heldout": len(heldout),
-                "chars": corpus.line_chars(train),
-                "skipped": sample.skips.total,
-            }]
+            [
+                {
+                    "corpus": name,
+                    "shards": len(sample.shards),
+                    "text_column": sample.text_column,
+                    "lines_seen": sample.lines_seen,
+                    "sampled": len(train),
+                    "heldout": len(heldout),
+                    "chars": corpus.line_chars(train),
+                    "skipped": sample.skips.total,
+                }
+            ]
         )
         yield dg.Output(
             summary,
@@ -115,6 +145,8 @@ def build_general_corpus_sample(corpora: list[str]) -> dg.AssetsDefinition:
                 **skip_metadata(sample.skips),
             },
         )
-        yield leak_check_result(held_out_questions(paths), corpus.iter_lines(train), f"general_corpus_sample[{name}]")
+        yield leak_check_result(
+            held_out_questions(paths), corpus.iter_lines(train), f"general_corpus_sample[{name}]"
+        )
 
     return general_corpus_sample

@@ -8,7 +8,13 @@ from medtok_dagster.core import dedicated, dictionary
 from medtok_dagster.core.io import atomic_write_json, atomic_write_text
 from medtok_dagster.metadata import md_counts, md_plot, md_table, skip_metadata
 from medtok_dagster.readers import read_train_split
-from medtok_dagster.resources import MCQ_TRAIN, MEDICAL_DICTIONARY, TOKENIZER_DATA_DIR, USER_TOKENS, PathsResource
+from medtok_dagster.resources import (
+    MCQ_TRAIN,
+    MEDICAL_DICTIONARY,
+    TOKENIZER_DATA_DIR,
+    USER_TOKENS,
+    PathsResource,
+)
 
 GROUP = "dedicated"
 CODE_VERSION = "1"
@@ -28,12 +34,21 @@ class DedicatedConfig(dg.Config):
     code_version=CODE_VERSION,
     description="Non-ASCII, non-Hangul symbols of the train split with counts and first context. Train split only.",
 )
-def special_chars_report(context: dg.AssetExecutionContext, config: InputConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
+def special_chars_report(
+    context: dg.AssetExecutionContext, config: InputConfig, paths: PathsResource
+) -> dg.Output[pd.DataFrame]:
     records, skips = read_train_split(paths, config.lenient)
     report = dedicated.scan_special_chars(records, paths.data(MCQ_TRAIN).name)
-    report_path = atomic_write_json(paths.data(TOKENIZER_DATA_DIR, "special_chars_report.json"), report)
+    report_path = atomic_write_json(
+        paths.data(TOKENIZER_DATA_DIR, "special_chars_report.json"), report
+    )
     frame = dedicated.special_chars_frame(report)
-    context.log.info("Found %d special characters (%d occurrences) in %d records", report["total_unique"], report["total_occurrences"], len(records))
+    context.log.info(
+        "Found %d special characters (%d occurrences) in %d records",
+        report["total_unique"],
+        report["total_occurrences"],
+        len(records),
+    )
     return dg.Output(
         frame,
         metadata={
@@ -59,7 +74,14 @@ def medical_notation(config: InputConfig, paths: PathsResource) -> dg.Output[pd.
     records, skips = read_train_split(paths, config.lenient)
     counts = dedicated.scan_notation(records)
     frame = pd.DataFrame(counts.most_common(), columns=["notation", "count"])
-    return dg.Output(frame, metadata={"dagster/row_count": len(frame), "preview": md_table(frame), **skip_metadata(skips)})
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            "preview": md_table(frame),
+            **skip_metadata(skips),
+        },
+    )
 
 
 @dg.asset(
@@ -72,7 +94,14 @@ def medical_notation(config: InputConfig, paths: PathsResource) -> dg.Output[pd.
 def user_added_tokens(config: InputConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
     tokens, skips = dedicated.load_user_tokens(paths.data(USER_TOKENS), lenient=config.lenient)
     frame = pd.DataFrame({"token": tokens, "position": range(len(tokens))})
-    return dg.Output(frame, metadata={"dagster/row_count": len(frame), "tokens": md_table(frame, rows=len(frame)), **skip_metadata(skips)})
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            "tokens": md_table(frame, rows=len(frame)),
+            **skip_metadata(skips),
+        },
+    )
 
 
 @dg.asset(
@@ -82,10 +111,14 @@ def user_added_tokens(config: InputConfig, paths: PathsResource) -> dg.Output[pd
     code_version=CODE_VERSION,
     description="Raw terms extracted from the medical dictionary (multi-term fields split). Backed up as dictionary_terms.txt.backup.",
 )
-def dictionary_terms_raw(context: dg.AssetExecutionContext, config: InputConfig, paths: PathsResource) -> dg.Output[pd.DataFrame]:
+def dictionary_terms_raw(
+    context: dg.AssetExecutionContext, config: InputConfig, paths: PathsResource
+) -> dg.Output[pd.DataFrame]:
     loaded = dictionary.load_dictionary(paths.data(MEDICAL_DICTIONARY), lenient=config.lenient)
     terms = dictionary.extract_raw_terms(loaded.entries)
-    backup = atomic_write_text(paths.data(TOKENIZER_DATA_DIR, "dictionary_terms.txt.backup"), "\n".join(terms) + "\n")
+    backup = atomic_write_text(
+        paths.data(TOKENIZER_DATA_DIR, "dictionary_terms.txt.backup"), "\n".join(terms) + "\n"
+    )
     context.log.info("Extracted %d raw terms from %d entries", len(terms), len(loaded.entries))
     frame = pd.DataFrame({"raw_term": terms})
     return dg.Output(
@@ -108,10 +141,14 @@ def dictionary_terms_raw(context: dg.AssetExecutionContext, config: InputConfig,
     code_version=CODE_VERSION,
     description="Every raw term with kept/removed and the reason; kept terms are pure Hangul, 2–15 syllables.",
 )
-def dictionary_terms(dictionary_terms_raw: pd.DataFrame, paths: PathsResource) -> dg.Output[pd.DataFrame]:
+def dictionary_terms(
+    dictionary_terms_raw: pd.DataFrame, paths: PathsResource
+) -> dg.Output[pd.DataFrame]:
     refined = dictionary.refine_terms(dictionary_terms_raw["raw_term"].tolist())
     kept = refined.loc[refined["kept"], "term"].tolist()
-    out = atomic_write_text(paths.data(TOKENIZER_DATA_DIR, "dictionary_terms.txt"), "\n".join(kept) + "\n")
+    out = atomic_write_text(
+        paths.data(TOKENIZER_DATA_DIR, "dictionary_terms.txt"), "\n".join(kept) + "\n"
+    )
     reasons = dictionary.reason_counts(refined)
     return dg.Output(
         refined,

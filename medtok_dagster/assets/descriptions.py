@@ -1,7 +1,7 @@
 """Token descriptions per variant, validated by blocking checks before any model is initialised."""
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -136,7 +136,7 @@ def validate(
 
 def validation_frame(results: list[dg.AssetCheckResult], variant: str, run_id: str) -> pd.DataFrame:
     """Check results as validation-metric rows (one per check per materialization)."""
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     return pd.DataFrame(
         [
             {

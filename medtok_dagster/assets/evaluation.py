@@ -10,7 +10,12 @@ from medtok_dagster.core.io import read_json
 from medtok_dagster.core.lm_metrics import DEFAULT_TOKEN_BUDGET
 from medtok_dagster.metadata import md_plot, md_table
 from medtok_dagster.partitions import model_partitions
-from medtok_dagster.readers import CONTROL_TEXTS, control_texts, exam_questions, general_heldout_lines
+from medtok_dagster.readers import (
+    CONTROL_TEXTS,
+    control_texts,
+    exam_questions,
+    general_heldout_lines,
+)
 from medtok_dagster.resources import BaseModelResource, PathsResource
 
 GROUP = "evaluation"
@@ -35,31 +40,60 @@ def eval_texts(paths: PathsResource, config: EvaluationConfig) -> evaluation.Eva
     by_type = {"general_korean": general_heldout_lines(paths)[: config.general_lines or None]}
     for name in CONTROL_TEXTS:
         by_type[name] = control_texts(paths, name)[: config.control_texts or None]
-    return evaluation.EvalTexts(by_type, questions, [q.question for q in questions][: config.prefill_texts or None])
+    return evaluation.EvalTexts(
+        by_type, questions, [q.question for q in questions][: config.prefill_texts or None]
+    )
 
 
-def load_stage(stage: str, paths: PathsResource, base_model: BaseModelResource, profile: str, variant: str):
+def load_stage(
+    stage: str, paths: PathsResource, base_model: BaseModelResource, profile: str, variant: str
+):
     """The model and tokenizer of one stage, in the machine's scoring precision (the same for every stage)."""
     device, dtype = training.inference_settings()
     source = base_model.source()
     if stage == "base":
-        return core_base_model.load_causal_lm(source, dtype=dtype).to(device), core_base_model.load_tokenizer(source)
+        return core_base_model.load_causal_lm(source, dtype=dtype).to(
+            device
+        ), core_base_model.load_tokenizer(source)
     if stage == "initialized":
         adapter = layout.initialised_dir(paths, profile, variant)
         tokenizer = core_base_model.load_local_tokenizer(adapter)
         new_ids = range(read_json(adapter / training.INIT_INFO)["base_vocab_size"], len(tokenizer))
-        model = training.load_adapter(core_base_model.load_causal_lm(source, dtype=dtype).to(device), adapter, len(tokenizer), new_ids)
+        model = training.load_adapter(
+            core_base_model.load_causal_lm(source, dtype=dtype).to(device),
+            adapter,
+            len(tokenizer),
+            new_ids,
+        )
         return model.merge_and_unload(), tokenizer
     merged = layout.merged_dir(paths, profile, variant)
     local = core_base_model.BaseModelSource(str(merged), "local", str(merged))
-    return core_base_model.load_causal_lm(local, dtype=dtype).to(device), core_base_model.load_local_tokenizer(merged)
+    return core_base_model.load_causal_lm(local, dtype=dtype).to(
+        device
+    ), core_base_model.load_local_tokenizer(merged)
 
 
 def summary_frames(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Bits/char by text type × stage, and the exam row (accuracy, interval, prefill) per stage."""
-    bits = frame.pivot(index="text_type", columns="stage", values="bits_per_char")[list(evaluation.STAGES)]
-    exam = frame[frame["text_type"] == evaluation.EXAM_TEXT].set_index("stage").loc[list(evaluation.STAGES)]
-    exam = exam[["accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy_unnormalised", "chance", "prefill_chars_per_second", "tokens_per_char"]]
+    bits = frame.pivot(index="text_type", columns="stage", values="bits_per_char")[
+        list(evaluation.STAGES)
+    ]
+    exam = (
+        frame[frame["text_type"] == evaluation.EXAM_TEXT]
+        .set_index("stage")
+        .loc[list(evaluation.STAGES)]
+    )
+    exam = exam[
+        [
+            "accuracy",
+            "accuracy_ci_low",
+            "accuracy_ci_high",
+            "accuracy_unnormalised",
+            "chance",
+            "prefill_chars_per_second",
+            "tokens_per_char",
+        ]
+    ]
     return bits, exam
 
 
@@ -67,7 +101,14 @@ def draw_bits(bits: pd.DataFrame):
     def draw(ax):
         bits[["initialized", "trained"]].plot.bar(ax=ax)
         for position, base in enumerate(bits["base"]):
-            ax.hlines(base, position - 0.4, position + 0.4, color="black", linestyle="--", label="base model" if position == 0 else None)
+            ax.hlines(
+                base,
+                position - 0.4,
+                position + 0.4,
+                color="black",
+                linestyle="--",
+                label="base model" if position == 0 else None,
+            )
         ax.set_ylabel("held-out bits per character")
         ax.tick_params(axis="x", rotation=0)
         ax.legend(fontsize=7)
@@ -77,8 +118,17 @@ def draw_bits(bits: pd.DataFrame):
 
 def draw_accuracy(exam: pd.DataFrame):
     def draw(ax):
-        errors = [exam["accuracy"] - exam["accuracy_ci_low"], exam["accuracy_ci_high"] - exam["accuracy"]]
-        ax.bar(exam.index, exam["accuracy"], yerr=errors, capsize=4, color=["grey", "tab:blue", "tab:orange"])
+        errors = [
+            exam["accuracy"] - exam["accuracy_ci_low"],
+            exam["accuracy_ci_high"] - exam["accuracy"],
+        ]
+        ax.bar(
+            exam.index,
+            exam["accuracy"],
+            yerr=errors,
+            capsize=4,
+            color=["grey", "tab:blue", "tab:orange"],
+        )
         ax.axhline(exam["accuracy"].loc["base"], color="black", linestyle="--", label="base model")
         ax.axhline(exam["chance"].iloc[0], color="red", linestyle=":", label="chance")
         ax.set_ylabel("exam accuracy (95% Wilson interval)")
@@ -93,25 +143,46 @@ def draw_accuracy(exam: pd.DataFrame):
     kinds={"pytorch", "duckdb"},
     code_version=CODE_VERSION,
     pool="gpu",
-    deps=["merged_model", "initialized_model", "mcq_test", dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping())],
-    check_specs=[dg.AssetCheckSpec(CHECK, asset="model_evaluation", description="The shipped model is not worse than its base on exam text (bits/char, and accuracy within the base's 95% interval).")],
+    deps=[
+        "merged_model",
+        "initialized_model",
+        "mcq_test",
+        dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping()),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK,
+            asset="model_evaluation",
+            description="The shipped model is not worse than its base on exam text (bits/char, and accuracy within the base's 95% interval).",
+        )
+    ],
     metadata={"partition_expr": {"variant": "variant", "profile": "profile"}},
     description="Base vs initialised vs the merged model that ships, on identical held-out characters: bits/char, exam accuracy, prefill chars/s.",
 )
-def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, paths: PathsResource, base_model: BaseModelResource):
+def model_evaluation(
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    paths: PathsResource,
+    base_model: BaseModelResource,
+):
     keys = context.partition_key.keys_by_dimension
     variant, profile = keys["variant"], keys["profile"]
     texts = eval_texts(paths, config)
     rows = []
     for stage in evaluation.STAGES:
         model, tokenizer = load_stage(stage, paths, base_model, profile, variant)
-        rows += evaluation.evaluate_stage(stage, model, tokenizer, texts, config.prefill_repeats, config.token_budget)
+        rows += evaluation.evaluate_stage(
+            stage, model, tokenizer, texts, config.prefill_repeats, config.token_budget
+        )
         context.log.info("%s: %s", stage, [r for r in rows if r["stage"] == stage])
         del model
     frame = pd.DataFrame(rows).assign(variant=variant, profile=profile)
     bits, exam = summary_frames(frame)
     result = evaluation.verdict(rows)
-    speedup = exam.loc["trained", "prefill_chars_per_second"] / exam.loc["base", "prefill_chars_per_second"]
+    speedup = (
+        exam.loc["trained", "prefill_chars_per_second"]
+        / exam.loc["base", "prefill_chars_per_second"]
+    )
     yield dg.Output(
         frame,
         metadata={

@@ -2,7 +2,7 @@
 
 import copy
 import time
-from typing import Any, Optional
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -15,7 +15,12 @@ from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_json
 from medtok_dagster.core.variants import VARIANTS
 from medtok_dagster.metadata import md_counts, md_plot, md_table
 from medtok_dagster.partitions import BY_VARIANT, model_partitions, variant_partitions
-from medtok_dagster.readers import exam_questions, general_heldout_lines, general_training_lines, medical_lines
+from medtok_dagster.readers import (
+    exam_questions,
+    general_heldout_lines,
+    general_training_lines,
+    medical_lines,
+)
 from medtok_dagster.resources import BaseModelResource, PathsResource
 
 GROUP = "model"
@@ -26,15 +31,25 @@ DEFAULT_STRATEGY = DISTILL
 """Chosen by `init_comparison`: lowest held-out bits/char right after init (see README)."""
 CPU_DISTILL_TOKENS = 300
 """Without a GPU, distil the this-many most frequent new tokens (the rest keep `subtoken_mean`)."""
-ALL_CORPUS_SAMPLES = dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping())
+ALL_CORPUS_SAMPLES = dg.AssetDep(
+    "general_corpus_sample", partition_mapping=dg.AllPartitionMapping()
+)
 
 
-def new_tokens(paths: PathsResource, variant: str, table: pd.DataFrame) -> list[embeddings.NewToken]:
+def new_tokens(
+    paths: PathsResource, variant: str, table: pd.DataFrame
+) -> list[embeddings.NewToken]:
     """The variant's new rows joined with their reviewed descriptions (empty until `token_descriptions` ran)."""
     reviewed_file = layout.reviewed_descriptions(paths, variant)
     reviewed = {r["token"]: r for r in read_json(reviewed_file)} if reviewed_file.exists() else {}
     return [
-        embeddings.NewToken(row.token, int(row.id), row.source, reviewed.get(row.token, {}).get("description", ""), reviewed.get(row.token, {}).get("method", ""))
+        embeddings.NewToken(
+            row.token,
+            int(row.id),
+            row.source,
+            reviewed.get(row.token, {}).get("description", ""),
+            reviewed.get(row.token, {}).get("method", ""),
+        )
         for row in table.sort_values("id").itertuples()
     ]
 
@@ -43,12 +58,16 @@ def tokens_of_variant(paths: PathsResource, variant: str) -> list[embeddings.New
     """The variant's new rows read from its saved tokenizer (and reviewed descriptions when present)."""
     tokenizer = core_base_model.load_local_tokenizer(layout.variant_dir(paths, variant))
     ids = list(range(base_vocab_size(paths, variant), len(tokenizer)))
-    table = pd.DataFrame({"token": tokenizer.convert_ids_to_tokens(ids), "id": ids, "source": "variant"})
+    table = pd.DataFrame(
+        {"token": tokenizer.convert_ids_to_tokens(ids), "id": ids, "source": "variant"}
+    )
     return new_tokens(paths, variant, table)
 
 
 def base_vocab_size(paths: PathsResource, variant: str) -> int:
-    return int(read_json(layout.variant_dir(paths, variant) / layout.TOKEN_MAPPING)["original_vocab_size"])
+    return int(
+        read_json(layout.variant_dir(paths, variant) / layout.TOKEN_MAPPING)["original_vocab_size"]
+    )
 
 
 def training_lines(paths: PathsResource) -> list[str]:
@@ -57,7 +76,13 @@ def training_lines(paths: PathsResource) -> list[str]:
 
 
 def build_initialized(
-    base_model: BaseModelResource, paths: PathsResource, variant: str, tokens: list[embeddings.NewToken], strategy: str, quantization: Optional[str], seed: int = 0
+    base_model: BaseModelResource,
+    paths: PathsResource,
+    variant: str,
+    tokens: list[embeddings.NewToken],
+    strategy: str,
+    quantization: str | None,
+    seed: int = 0,
 ):
     """Base model resized to the variant tokenizer with new rows initialised by ``strategy``.
 
@@ -67,7 +92,9 @@ def build_initialized(
     tokenizer = core_base_model.load_local_tokenizer(layout.variant_dir(paths, variant))
     base_len = base_vocab_size(paths, variant)
     source = base_model.source()
-    model = core_base_model.load_causal_lm(source, dtype=dtype, quantization=quantization, device_map=device if quantization else None)
+    model = core_base_model.load_causal_lm(
+        source, dtype=dtype, quantization=quantization, device_map=device if quantization else None
+    )
     rows = embeddings.resize_for(model, len(tokenizer))
     heuristic = "subtoken_mean" if strategy == DISTILL else strategy
     plan = embeddings.plan_init(tokens, heuristic, core_base_model.load_tokenizer(source), base_len)
@@ -75,14 +102,21 @@ def build_initialized(
     if strategy == DISTILL:
         result = distill.load_rows(layout.distilled_dir(paths, variant), len(tokens))
         distill.apply(model, result, base_len)
-        info["methods"] = {"distill": len(result.distilled), "subtoken_mean (no context)": len(tokens) - len(result.distilled)}
-    return model.to(device) if not quantization else model, tokenizer, {**info, "embedding_rows": rows, "base_vocab_size": base_len}
+        info["methods"] = {
+            "distill": len(result.distilled),
+            "subtoken_mean (no context)": len(tokens) - len(result.distilled),
+        }
+    return (
+        model.to(device) if not quantization else model,
+        tokenizer,
+        {**info, "embedding_rows": rows, "base_vocab_size": base_len},
+    )
 
 
 class DistillAssetConfig(dg.Config):
     """How much distillation to do; unset `max_tokens` means all tokens on a GPU and the top 300 on a CPU."""
 
-    max_tokens: Optional[int] = None
+    max_tokens: int | None = None
     """Distil the N new tokens most frequent in the training corpora (0 = all; unset = all with a GPU, 300 without)."""
     contexts_per_token: int = 24
     context_before: int = 24
@@ -123,32 +157,58 @@ def coverage(tokenizer, base_len: int, distilled: set[int], texts: list[str]) ->
     description="New rows learned by token distillation with the base model frozen, from training-corpus contexts; resumable; loss curve table.",
 )
 def distilled_embeddings(
-    context: dg.AssetExecutionContext, config: DistillAssetConfig, paths: PathsResource, base_model: BaseModelResource, tokenizer_variants: pd.DataFrame
+    context: dg.AssetExecutionContext,
+    config: DistillAssetConfig,
+    paths: PathsResource,
+    base_model: BaseModelResource,
+    tokenizer_variants: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     variant = context.partition_key
     settings = config.core()
     tokens = new_tokens(paths, variant, tokenizer_variants)
-    model, tokenizer, _ = build_initialized(base_model, paths, variant, tokens, "subtoken_mean", None)
+    model, tokenizer, _ = build_initialized(
+        base_model, paths, variant, tokens, "subtoken_mean", None
+    )
     base_len = base_vocab_size(paths, variant)
     lines = training_lines(paths)
     started = time.monotonic()
     result = distill.distill(
-        model, tokenizer, base_model.load_tokenizer(), lines, [t.token_id for t in tokens], base_len, settings,
-        checkpoint_dir=layout.distill_checkpoints(paths, variant), log=context.log.info,
+        model,
+        tokenizer,
+        base_model.load_tokenizer(),
+        lines,
+        [t.token_id for t in tokens],
+        base_len,
+        settings,
+        checkpoint_dir=layout.distill_checkpoints(paths, variant),
+        log=context.log.info,
     )
     seconds = time.monotonic() - started
     held_out = [q.question for q in exam_questions(paths)] + general_heldout_lines(paths)
     share, occurrences = coverage(tokenizer, base_len, set(result.distilled), held_out)
     info = {
-        "variant": variant, "base_model": base_model.name_or_path, "config": settings.__dict__, "base_vocab_size": base_len,
-        "new_tokens": len(tokens), "distilled": len(result.distilled), "fallback_subtoken_mean": len(result.fallback),
-        "selected": len(result.selected), "contexts": result.contexts, "steps": result.steps, "resumed_from_step": result.resumed_from,
-        "seconds": round(seconds, 1), "heldout_coverage": round(share, 4), "heldout_new_token_occurrences": occurrences, **result.stats,
+        "variant": variant,
+        "base_model": base_model.name_or_path,
+        "config": settings.__dict__,
+        "base_vocab_size": base_len,
+        "new_tokens": len(tokens),
+        "distilled": len(result.distilled),
+        "fallback_subtoken_mean": len(result.fallback),
+        "selected": len(result.selected),
+        "contexts": result.contexts,
+        "steps": result.steps,
+        "resumed_from_step": result.resumed_from,
+        "seconds": round(seconds, 1),
+        "heldout_coverage": round(share, 4),
+        "heldout_new_token_occurrences": occurrences,
+        **result.stats,
     }
     with atomic_dir(layout.distilled_dir(paths, variant)) as staging:
         distill.save_rows(staging, result)
         atomic_write_json(staging / layout.DISTILL_INFO, info)
-    history = pd.DataFrame(result.history or [{"step": 0, "hidden_loss": float("nan"), "output_loss": float("nan")}]).assign(variant=variant)
+    history = pd.DataFrame(
+        result.history or [{"step": 0, "hidden_loss": float("nan"), "output_loss": float("nan")}]
+    ).assign(variant=variant)
 
     def draw(ax):
         ax.plot(history["step"], history["hidden_loss"], label="hidden-state loss (input side)")
@@ -180,7 +240,7 @@ class InitConfig(dg.Config):
 
     strategy: str = DEFAULT_STRATEGY
     """zero | random | mean | subtoken_mean | description_mean | hybrid | distill (default: measured best by `init_comparison`)."""
-    embedding_mode: Optional[str] = None
+    embedding_mode: str | None = None
     """trainable_tokens (small adapter) | modules_to_save (prototype, 1.3–4 GB) | frozen; default from the profile."""
     seed: int = 0
 
@@ -198,31 +258,53 @@ class InitConfig(dg.Config):
     kinds={"pytorch", "safetensors"},
     code_version=CODE_VERSION,
     ins={"tokenizer_variants": dg.AssetIn(partition_mapping=BY_VARIANT)},
-    deps=[dg.AssetDep("token_descriptions", partition_mapping=BY_VARIANT), dg.AssetDep("distilled_embeddings", partition_mapping=BY_VARIANT)],
+    deps=[
+        dg.AssetDep("token_descriptions", partition_mapping=BY_VARIANT),
+        dg.AssetDep("distilled_embeddings", partition_mapping=BY_VARIANT),
+    ],
     description="Base model resized to a variant tokenizer, new rows initialised, LoRA attached; adapter + tokenizer + init_info.json.",
 )
 def initialized_model(
-    context: dg.AssetExecutionContext, config: InitConfig, paths: PathsResource, base_model: BaseModelResource, tokenizer_variants: pd.DataFrame
+    context: dg.AssetExecutionContext,
+    config: InitConfig,
+    paths: PathsResource,
+    base_model: BaseModelResource,
+    tokenizer_variants: pd.DataFrame,
 ) -> dg.MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     variant, lora = keys["variant"], training.profile(keys["profile"])
     mode = training.embedding_mode(lora, config.embedding_mode)
     tokens = new_tokens(paths, variant, tokenizer_variants)
     started = time.monotonic()
-    model, tokenizer, info = build_initialized(base_model, paths, variant, tokens, config.strategy, lora.quantization, config.seed)
+    model, tokenizer, info = build_initialized(
+        base_model, paths, variant, tokens, config.strategy, lora.quantization, config.seed
+    )
     peft_model = training.attach_lora(model, lora, [t.token_id for t in tokens], mode)
     counts = training.parameter_counts(peft_model)
     target = layout.initialised_dir(paths, lora.name, variant)
     with atomic_dir(target) as staging:
-        sizes = training.save_adapter(peft_model, tokenizer, staging, [t.token_id for t in tokens], mode)
+        sizes = training.save_adapter(
+            peft_model, tokenizer, staging, [t.token_id for t in tokens], mode
+        )
         init_info = {
-            "variant": variant, "profile": lora.as_dict(), "base_model": base_model.name_or_path, "strategy": config.strategy,
-            "embedding_mode": mode, "new_tokens": len(tokens), "methods": info["methods"], "tied_embeddings": info["tied"],
-            "base_vocab_size": info["base_vocab_size"], "embedding_rows": info["embedding_rows"], **counts, **sizes,
+            "variant": variant,
+            "profile": lora.as_dict(),
+            "base_model": base_model.name_or_path,
+            "strategy": config.strategy,
+            "embedding_mode": mode,
+            "new_tokens": len(tokens),
+            "methods": info["methods"],
+            "tied_embeddings": info["tied"],
+            "base_vocab_size": info["base_vocab_size"],
+            "embedding_rows": info["embedding_rows"],
+            **counts,
+            **sizes,
             "seconds": round(time.monotonic() - started, 1),
         }
         atomic_write_json(staging / training.INIT_INFO, init_info)
-    context.log.info("Initialised %d rows of %s for %s (%s)", len(tokens), variant, lora.name, info["methods"])
+    context.log.info(
+        "Initialised %d rows of %s for %s (%s)", len(tokens), variant, lora.name, info["methods"]
+    )
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(target)),
@@ -270,7 +352,9 @@ class InitComparisonConfig(dg.Config):
     @classmethod
     def _enough_questions(cls, eval_texts: int) -> int:
         if eval_texts < 64:
-            raise ValueError("compare strategies on at least 64 held-out questions; fewer cannot separate them")
+            raise ValueError(
+                "compare strategies on at least 64 held-out questions; fewer cannot separate them"
+            )
         return eval_texts
 
 
@@ -279,7 +363,9 @@ def comparison_rows(
 ) -> dict[str, object]:
     """One row of the comparison: the fair metric, and how far from the base model it is."""
     return {
-        "strategy": strategy, "stage": stage, **score.as_row(),
+        "strategy": strategy,
+        "stage": stage,
+        **score.as_row(),
         "vs_base": round(score.bits_per_char / reference.bits_per_char - 1, 4),
     }
 
@@ -295,13 +381,21 @@ def in_precision(model: Any, dtype: Any, keep: bool) -> Any:
     group_name=GROUP,
     kinds={"pytorch", "duckdb"},
     code_version=CODE_VERSION,
-    deps=["mcq_test", "medical_corpus", dg.AssetDep("token_descriptions", partition_mapping=dg.AllPartitionMapping()),
-          dg.AssetDep("distilled_embeddings", partition_mapping=dg.AllPartitionMapping())],
+    deps=[
+        "mcq_test",
+        "medical_corpus",
+        dg.AssetDep("token_descriptions", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("distilled_embeddings", partition_mapping=dg.AllPartitionMapping()),
+    ],
     ins={"tokenizer_variants": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
     description="Held-out bits/char (every character scored) for every init strategy, right after init and after K quick steps, vs the base model.",
 )
 def init_comparison(
-    context: dg.AssetExecutionContext, config: InitComparisonConfig, paths: PathsResource, base_model: BaseModelResource, tokenizer_variants: pd.DataFrame
+    context: dg.AssetExecutionContext,
+    config: InitComparisonConfig,
+    paths: PathsResource,
+    base_model: BaseModelResource,
+    tokenizer_variants: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     lora = training.profile(config.profile)
     table = tokenizer_variants[tokenizer_variants["variant"] == config.variant]
@@ -315,15 +409,47 @@ def init_comparison(
     rows = [comparison_rows("base model, base tokenizer", "reference", reference, reference)]
     blocks: list[list[int]] = []
     for strategy in config.strategies:
-        model, tokenizer, _ = build_initialized(base_model, paths, config.variant, tokens, strategy, None)
-        rows.append(comparison_rows(strategy, "after_init", lm_metrics.score_texts(in_precision(model, dtype, keep=bool(config.steps)), tokenizer, held_out), reference))
+        model, tokenizer, _ = build_initialized(
+            base_model, paths, config.variant, tokens, strategy, None
+        )
+        rows.append(
+            comparison_rows(
+                strategy,
+                "after_init",
+                lm_metrics.score_texts(
+                    in_precision(model, dtype, keep=bool(config.steps)), tokenizer, held_out
+                ),
+                reference,
+            )
+        )
         if config.steps:
             blocks = blocks or training.pack_blocks(
-                lm_metrics.encode_plain(tokenizer, medical_lines(paths)), config.block_tokens, tokenizer.bos_token_id, tokenizer.eos_token_id
+                lm_metrics.encode_plain(tokenizer, medical_lines(paths)),
+                config.block_tokens,
+                tokenizer.bos_token_id,
+                tokenizer.eos_token_id,
             )
-            peft_model = training.attach_lora(model, lora, [t.token_id for t in tokens], "trainable_tokens")
-            training.quick_train(peft_model, blocks, tokenizer.bos_token_id, config.steps, lora.learning_rate, batch_size=config.batch_size)
-            rows.append(comparison_rows(strategy, f"after_{config.steps}_steps", lm_metrics.score_texts(in_precision(peft_model, dtype, keep=False), tokenizer, held_out), reference))
+            peft_model = training.attach_lora(
+                model, lora, [t.token_id for t in tokens], "trainable_tokens"
+            )
+            training.quick_train(
+                peft_model,
+                blocks,
+                tokenizer.bos_token_id,
+                config.steps,
+                lora.learning_rate,
+                batch_size=config.batch_size,
+            )
+            rows.append(
+                comparison_rows(
+                    strategy,
+                    f"after_{config.steps}_steps",
+                    lm_metrics.score_texts(
+                        in_precision(peft_model, dtype, keep=False), tokenizer, held_out
+                    ),
+                    reference,
+                )
+            )
         context.log.info("%s: %s", strategy, rows[-1])
         del model
     frame = pd.DataFrame(rows)
@@ -332,7 +458,9 @@ def init_comparison(
     pivot = frame.pivot_table(index="strategy", columns="stage", values="bits_per_char")
 
     def draw(ax):
-        pivot.drop(index="base model, base tokenizer", errors="ignore").drop(columns="reference", errors="ignore").plot.bar(ax=ax)
+        pivot.drop(index="base model, base tokenizer", errors="ignore").drop(
+            columns="reference", errors="ignore"
+        ).plot.bar(ax=ax)
         ax.axhline(reference.bits_per_char, color="black", linestyle="--", label="base model")
         ax.set_ylabel("held-out exam bits per character")
         ax.legend(fontsize=7)

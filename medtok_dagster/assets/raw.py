@@ -11,12 +11,25 @@ import dagster as dg
 from medtok_dagster.automation import observe_condition
 from medtok_dagster.core.io import tree_fingerprint
 from medtok_dagster.partitions import CORPORA_SOURCE, corpus_partitions
-from medtok_dagster.resources import GENERAL_CORPORA_DIR, MCQ_TEST, MCQ_TRAIN, MEDICAL_DICTIONARY, USER_TOKENS, PathsResource
+from medtok_dagster.resources import (
+    GENERAL_CORPORA_DIR,
+    MCQ_TEST,
+    MCQ_TRAIN,
+    MEDICAL_DICTIONARY,
+    USER_TOKENS,
+    PathsResource,
+)
 
 RAW_GROUP = "raw"
 FIXED_SOURCES: dict[str, tuple[str, str]] = {
-    "mcq_train": (MCQ_TRAIN, "KorMedMCQA-style train split (question, A–E, answer). Feeds vocabulary building."),
-    "mcq_test": (MCQ_TEST, "Held-out exam split. Read only by evaluation and the contamination check."),
+    "mcq_train": (
+        MCQ_TRAIN,
+        "KorMedMCQA-style train split (question, A–E, answer). Feeds vocabulary building.",
+    ),
+    "mcq_test": (
+        MCQ_TEST,
+        "Held-out exam split. Read only by evaluation and the contamination check.",
+    ),
     "medical_dictionary": (MEDICAL_DICTIONARY, "Korean medical dictionary: [{term, definition}]."),
     "user_tokens_file": (USER_TOKENS, "User-defined structural tokens, one per line."),
 }
@@ -27,13 +40,24 @@ def _observe(path, key: str) -> dg.ObserveResult:
     return dg.ObserveResult(
         asset_key=key,
         data_version=dg.DataVersion(fingerprint.version),
-        metadata={"path": dg.MetadataValue.path(str(path)), "files": fingerprint.files, "bytes": fingerprint.bytes},
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "files": fingerprint.files,
+            "bytes": fingerprint.bytes,
+        },
     )
 
 
 @dg.multi_observable_source_asset(
     specs=[
-        dg.AssetSpec(key, description=desc, group_name=RAW_GROUP, kinds={"file"}, metadata={"path": rel}, automation_condition=observe_condition())
+        dg.AssetSpec(
+            key,
+            description=desc,
+            group_name=RAW_GROUP,
+            kinds={"file"},
+            metadata={"path": rel},
+            automation_condition=observe_condition(),
+        )
         for key, (rel, desc) in FIXED_SOURCES.items()
     ],
     can_subset=True,
@@ -49,9 +73,14 @@ def build_corpora_source(corpora: list[str]) -> dg.AssetsDefinition:
 
     @dg.multi_observable_source_asset(
         specs=[
-            dg.AssetSpec(CORPORA_SOURCE, group_name=RAW_GROUP, kinds={"arrow"}, automation_condition=observe_condition(),
-                         metadata={"path": GENERAL_CORPORA_DIR},
-                         description="General Korean corpora (arrow, parquet, jsonl or txt shards), one partition per directory.")
+            dg.AssetSpec(
+                CORPORA_SOURCE,
+                group_name=RAW_GROUP,
+                kinds={"arrow"},
+                automation_condition=observe_condition(),
+                metadata={"path": GENERAL_CORPORA_DIR},
+                description="General Korean corpora (arrow, parquet, jsonl or txt shards), one partition per directory.",
+            )
         ],
         partitions_def=corpus_partitions(corpora),
     )

@@ -8,14 +8,26 @@ import pandas as pd
 from pydantic import field_validator
 
 from medtok_dagster import layout
-from medtok_dagster.core.variants import DEFAULT_BUDGETS, VARIANT_TIERS, VARIANTS, uses_general_corpus
-from medtok_dagster.partitions import variant_partitions
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import metrics, tokenizer_build
 from medtok_dagster.core.dedicated import is_special_char
 from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_jsonl
+from medtok_dagster.core.variants import (
+    DEFAULT_BUDGETS,
+    VARIANT_TIERS,
+    VARIANTS,
+    uses_general_corpus,
+)
 from medtok_dagster.metadata import md_counts, md_plot, md_table
-from medtok_dagster.readers import CONTROL_TEXTS, control_texts, general_heldout_lines, general_training_lines, medical_lines, read_test_split
+from medtok_dagster.partitions import variant_partitions
+from medtok_dagster.readers import (
+    CONTROL_TEXTS,
+    control_texts,
+    general_heldout_lines,
+    general_training_lines,
+    medical_lines,
+    read_test_split,
+)
 from medtok_dagster.resources import BaseModelResource, PathsResource, relative_path
 
 GROUP = "tokenizers"
@@ -36,12 +48,15 @@ class VariantConfig(dg.Config):
     def _known_variants(cls, budgets: dict[str, int]) -> dict[str, int]:
         unknown = sorted(set(budgets) - set(VARIANTS))
         if unknown:
-            raise ValueError(f"budgets for unknown variants {unknown}; variants are {list(VARIANTS)}")
+            raise ValueError(
+                f"budgets for unknown variants {unknown}; variants are {list(VARIANTS)}"
+            )
         return budgets
 
     def budget(self, variant: str) -> int:
         """The variant's budget: its override, else its default."""
         return {**DEFAULT_BUDGETS, **self.budgets}[variant]
+
     medical_share: float = 0.5
     """Weight of the medical corpus among training units when a general corpus is mixed in."""
 
@@ -55,12 +70,19 @@ def training_units(paths: PathsResource, variant: str, medical_share: float) -> 
     return tokenizer_build.mix_units(medical, general, medical_share)
 
 
-def split_tier1(dedicated_tokens: pd.DataFrame) -> tuple[list[str], dict[str, str], list[tokenizer_build.Candidate], list[tokenizer_build.Candidate]]:
+def split_tier1(
+    dedicated_tokens: pd.DataFrame,
+) -> tuple[
+    list[str], dict[str, str], list[tokenizer_build.Candidate], list[tokenizer_build.Candidate]
+]:
     """Tier 1 by how it enters a tokenizer: verbatim (user tokens, symbols), forced (dictionary), selected (notation)."""
     fixed = dedicated_tokens[dedicated_tokens["source"].isin(["user", "special_char"])]
     forced = dedicated_tokens[dedicated_tokens["source"] == "dictionary"]
     notation = dedicated_tokens[dedicated_tokens["source"] == "notation"]
-    sources = {token.replace(" ", tokenizer_build.WORD_BOUNDARY): source for token, source in zip(fixed["token"], fixed["source"])}
+    sources = {
+        token.replace(" ", tokenizer_build.WORD_BOUNDARY): source
+        for token, source in zip(fixed["token"], fixed["source"])
+    }
     return (
         fixed["token"].tolist(),
         sources,
@@ -75,7 +97,10 @@ def split_tier1(dedicated_tokens: pd.DataFrame) -> tuple[list[str], dict[str, st
     kinds={"tokenizers", "duckdb"},
     code_version=CODE_VERSION,
     metadata={"partition_expr": "variant"},
-    deps=["medical_corpus", dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping())],
+    deps=[
+        "medical_corpus",
+        dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping()),
+    ],
     description="Extended tokenizer per variant (save_pretrained dir + token_mapping.json + stats) and its new-token table.",
 )
 def tokenizer_variants(
@@ -91,15 +116,27 @@ def tokenizer_variants(
     units = training_units(paths, variant, config.medical_share)
     tier1, tier1_sources, forced, notation = split_tier1(dedicated_tokens)
     pool = candidate_tokens[candidate_tokens["tier"].isin(VARIANT_TIERS[variant])]
-    candidates = notation + [tokenizer_build.Candidate(t, tier) for t, tier in zip(pool["token"], pool["tier"])]
+    candidates = notation + [
+        tokenizer_build.Candidate(t, tier) for t, tier in zip(pool["token"], pool["tier"])
+    ]
     started = time.monotonic()
     plan = tokenizer_build.plan_variant(
-        base, config.strategy, tier1, forced, candidates, units, config.budget(variant),
-        progress=lambda used, budget: context.log.info("%s: %d / %d entries selected", variant, used, budget),
+        base,
+        config.strategy,
+        tier1,
+        forced,
+        candidates,
+        units,
+        config.budget(variant),
+        progress=lambda used, budget: context.log.info(
+            "%s: %d / %d entries selected", variant, used, budget
+        ),
     )
     seconds = time.monotonic() - started
     with atomic_dir(layout.variant_dir(paths, variant)) as staging:
-        tokenizer = tokenizer_build.build_extended_tokenizer(base, config.strategy, plan.tier1, plan.selection, plan.merges, staging)
+        tokenizer = tokenizer_build.build_extended_tokenizer(
+            base, config.strategy, plan.tier1, plan.selection, plan.merges, staging
+        )
         mapping = tokenizer_build.token_mapping(len(base), tokenizer, config.strategy)
         frame = tokenizer_build.token_table(plan, tokenizer, tier1_sources)
         stats = {
@@ -113,7 +150,9 @@ def tokenizer_variants(
             "candidate_forms_in_base_skipped": plan.selection.skipped_in_base,
             "training_units": len(units),
             "training_base_tokens": plan.selection.base_tokens,
-            "estimated_training_ratio": float(plan.selection.curve()["estimated_ratio"].iloc[-1]) if plan.selection.choices else 1.0,
+            "estimated_training_ratio": float(plan.selection.curve()["estimated_ratio"].iloc[-1])
+            if plan.selection.choices
+            else 1.0,
             "by_source": frame["source"].value_counts().to_dict(),
             "by_kind": frame["kind"].value_counts().to_dict(),
             "selection_seconds": round(seconds, 1),
@@ -135,7 +174,13 @@ def tokenizer_variants(
             "by_source": md_counts(stats["by_source"], key="source"),
             "by_kind": md_counts(stats["by_kind"], key="kind"),
             "top_savers": md_table(frame.sort_values("saved_tokens", ascending=False)),
-            "budget_curve": md_plot(lambda ax: (ax.plot(curve["entries"], curve["estimated_ratio"]), ax.set_xlabel("new entries"), ax.set_ylabel("est. compression on training units"))),
+            "budget_curve": md_plot(
+                lambda ax: (
+                    ax.plot(curve["entries"], curve["estimated_ratio"]),
+                    ax.set_xlabel("new entries"),
+                    ax.set_ylabel("est. compression on training units"),
+                )
+            ),
         },
     )
 
@@ -166,20 +211,38 @@ def heldout_texts(paths: PathsResource, extra: list[str]) -> dict[str, list[str]
     return texts
 
 
-def budget_curves(base, variants: dict[str, pd.DataFrame], order_prototype: list[str], exam: list[str], budgets: list[int]) -> pd.DataFrame:
+def budget_curves(
+    base,
+    variants: dict[str, pd.DataFrame],
+    order_prototype: list[str],
+    exam: list[str],
+    budgets: list[int],
+) -> pd.DataFrame:
     """Compression of held-out exam text at each budget: every variant's own order vs the prototype's."""
     base_tokens = sum(metrics.count_tokens(base, exam))
     rows = []
     for budget in budgets:
         if budget <= len(order_prototype):
             prototype = tokenizer_build.tokenizer_with_added(base, order_prototype[:budget])
-            rows.append({"curve": "prototype (bare, by frequency)", "budget": budget, "ratio_vs_base": base_tokens / sum(metrics.count_tokens(prototype, exam))})
+            rows.append(
+                {
+                    "curve": "prototype (bare, by frequency)",
+                    "budget": budget,
+                    "ratio_vs_base": base_tokens / sum(metrics.count_tokens(prototype, exam)),
+                }
+            )
         for variant, table in variants.items():
             if budget > len(table):
                 continue
             ordered = table.sort_values(["rank", "id"])["token"].tolist()[:budget]
             backend = tokenizer_build.tokenizer_with_added(base, ordered)
-            rows.append({"curve": f"{variant} (savings, ▁ forms)", "budget": budget, "ratio_vs_base": base_tokens / sum(metrics.count_tokens(backend, exam))})
+            rows.append(
+                {
+                    "curve": f"{variant} (savings, ▁ forms)",
+                    "budget": budget,
+                    "ratio_vs_base": base_tokens / sum(metrics.count_tokens(backend, exam)),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -205,14 +268,23 @@ def tokenizer_efficiency(
     tokenizers = {"base": base}
     for variant in VARIANTS:
         if layout.variant_dir(paths, variant).exists():
-            tokenizers[variant] = core_base_model.load_local_tokenizer(layout.variant_dir(paths, variant))
+            tokenizers[variant] = core_base_model.load_local_tokenizer(
+                layout.variant_dir(paths, variant)
+            )
     texts = heldout_texts(paths, config.heldout_jsonl)
     table = metrics.efficiency_table(tokenizers, texts)
     prototype = tokenizer_build.prototype_order(
-        dedicated_tokens["token"].tolist(), [*medical_tokens["token"], *general_tokens["token"]], base
+        dedicated_tokens["token"].tolist(),
+        [*medical_tokens["token"], *general_tokens["token"]],
+        base,
     )
-    variant_tables = {v: tokenizer_variants[tokenizer_variants["variant"] == v] for v in ("ded_medical", "ded_med_normal")}
-    curves = budget_curves(base, variant_tables, prototype, texts["exam_sentences"], config.curve_budgets)
+    variant_tables = {
+        v: tokenizer_variants[tokenizer_variants["variant"] == v]
+        for v in ("ded_medical", "ded_med_normal")
+    }
+    curves = budget_curves(
+        base, variant_tables, prototype, texts["exam_sentences"], config.curve_budgets
+    )
     context.log.info("Measured %d tokenizers on %d text types", len(tokenizers), len(texts))
     pivot = table.pivot(index="text_type", columns="tokenizer", values="ratio_vs_base")
 
@@ -229,7 +301,11 @@ def tokenizer_efficiency(
         metadata={
             "dagster/row_count": len(table),
             "ratio_vs_base": dg.MetadataValue.md(pivot.round(3).to_markdown()),
-            "tokens_per_char": dg.MetadataValue.md(table.pivot(index="text_type", columns="tokenizer", values="tokens_per_char").round(3).to_markdown()),
+            "tokens_per_char": dg.MetadataValue.md(
+                table.pivot(index="text_type", columns="tokenizer", values="tokens_per_char")
+                .round(3)
+                .to_markdown()
+            ),
             "round_trip_failures": int(table["round_trip_failures"].sum()),
             "budget_curves": md_table(curves.round(3), rows=len(curves)),
             "budget_vs_compression": md_plot(draw),

@@ -35,17 +35,24 @@ class TrainConfig(dg.Config):
 
 def heldout_texts(paths: PathsResource, count: int) -> dict[str, list[str]]:
     """Held-out exam questions (test split) and general-corpus held-out lines: evaluated, never trained on."""
-    texts = {"exam_questions": [q.question for q in exam_questions(paths)][:count], "general_korean": general_heldout_lines(paths)[:count]}
+    texts = {
+        "exam_questions": [q.question for q in exam_questions(paths)][:count],
+        "general_korean": general_heldout_lines(paths)[:count],
+    }
     return {text_type: items for text_type, items in texts.items() if items}
 
 
 def scores_metadata(scores: list[dict]) -> dict[str, dg.MetadataValue]:
     """The base reference beside initialised and trained, per text type, and the difference to the base."""
-    frame = pd.DataFrame(scores).pivot(index="text_type", columns="stage", values="bits_per_char")[["base", "initialised", "trained"]]
+    frame = pd.DataFrame(scores).pivot(index="text_type", columns="stage", values="bits_per_char")[
+        ["base", "initialised", "trained"]
+    ]
     frame["trained_vs_base"] = (frame["trained"] / frame["base"] - 1).map(lambda v: f"{v:+.1%}")
     return {
         "heldout_bits_per_char": dg.MetadataValue.md(frame.round(3).to_markdown()),
-        "beats_base_on_exam_text": bool(frame.loc["exam_questions", "trained"] <= frame.loc["exam_questions", "base"]),
+        "beats_base_on_exam_text": bool(
+            frame.loc["exam_questions", "trained"] <= frame.loc["exam_questions", "base"]
+        ),
     }
 
 
@@ -55,7 +62,11 @@ def scores_metadata(scores: list[dict]) -> dict[str, dg.MetadataValue]:
     kinds={"pytorch", "safetensors", "duckdb"},
     code_version=CODE_VERSION,
     pool="gpu",
-    deps=["initialized_model", "medical_corpus", dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping())],
+    deps=[
+        "initialized_model",
+        "medical_corpus",
+        dg.AssetDep("general_corpus_sample", partition_mapping=dg.AllPartitionMapping()),
+    ],
     metadata={"partition_expr": {"variant": "variant", "profile": "profile"}},
     description="Phase-0 LoRA + new-row training on <bos>-packed Korean text (Pipes subprocess); resumable; held-out bits/char beside the base; loss curve.",
 )
@@ -76,7 +87,10 @@ def trained_adapter(
         init_dir=str(layout.initialised_dir(paths, profile, variant)),
         output_dir=str(output_dir),
         checkpoint_dir=str(layout.training_checkpoints(paths, profile, variant)),
-        train_files=[str(paths.model(MEDICAL_CORPUS_PARQUET)), *map(str, layout.general_sample_files(paths))],
+        train_files=[
+            str(paths.model(MEDICAL_CORPUS_PARQUET)),
+            *map(str, layout.general_sample_files(paths)),
+        ],
         heldout_texts=heldout_texts(paths, config.heldout_texts),
         profile=profile,
         max_steps=config.max_steps,
@@ -87,7 +101,9 @@ def trained_adapter(
         grad_accum=config.grad_accum or None,
     )
     result = pipes_subprocess_client.run(
-        command=[sys.executable, "-m", "medtok_dagster.pipes.train_adapter"], context=context, extras={"plan": plan.__dict__}
+        command=[sys.executable, "-m", "medtok_dagster.pipes.train_adapter"],
+        context=context,
+        extras={"plan": plan.__dict__},
     ).get_materialize_result()
     curve = pd.DataFrame(read_json(output_dir / training.LOSS_CURVE))
     curve.insert(0, "profile", profile)
@@ -120,7 +136,9 @@ def trained_adapter(
     deps=["trained_adapter"],
     description="The trained adapter merged into the resized base: one plain save_pretrained directory (safetensors, tokenizer) that serves with vLLM/TGI.",
 )
-def merged_model(context: dg.AssetExecutionContext, paths: PathsResource, base_model: BaseModelResource) -> dg.MaterializeResult:
+def merged_model(
+    context: dg.AssetExecutionContext, paths: PathsResource, base_model: BaseModelResource
+) -> dg.MaterializeResult:
     keys = context.partition_key.keys_by_dimension
     variant, profile = keys["variant"], keys["profile"]
     adapter_dir = layout.trained_dir(paths, profile, variant)
@@ -128,7 +146,9 @@ def merged_model(context: dg.AssetExecutionContext, paths: PathsResource, base_m
     source = base_model.source()
     with atomic_dir(target) as staging:
         info = merge.merge_adapter(source, adapter_dir, staging, final_dir=target)
-    context.log.info("Merged %s into %s (%s parameters)", adapter_dir, target, f"{info['parameters']:,}")
+    context.log.info(
+        "Merged %s into %s (%s parameters)", adapter_dir, target, f"{info['parameters']:,}"
+    )
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(target)),
@@ -137,7 +157,9 @@ def merged_model(context: dg.AssetExecutionContext, paths: PathsResource, base_m
             "parameters": info["parameters"],
             "vocab_rows": info["vocab_rows"],
             "size_gb": round(info["bytes"] / 1e9, 3),
-            "load_with": dg.MetadataValue.md(f"`AutoModelForCausalLM.from_pretrained('{target}')` and `AutoTokenizer.from_pretrained('{target}')`"),
+            "load_with": dg.MetadataValue.md(
+                f"`AutoModelForCausalLM.from_pretrained('{target}')` and `AutoTokenizer.from_pretrained('{target}')`"
+            ),
             "base_model": source.name_or_path,
         }
     )

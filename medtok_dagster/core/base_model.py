@@ -107,18 +107,28 @@ def _convert(staging: Path, with_model: bool) -> None:
     gguf = _assemble_gguf(staging)
     verify_gguf(gguf, embedded_sha256())
     log.info("Converting embedded tokenizer from %s", gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(staging), gguf_file=gguf.name, trust_remote_code=False, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(staging), gguf_file=gguf.name, trust_remote_code=False, local_files_only=True
+    )
     tokenizer.save_pretrained(staging)
     if with_model:
         log.info("Dequantising embedded model weights (about a minute, ~3 GB peak)")
-        model = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf.name, trust_remote_code=False, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(staging), gguf_file=gguf.name, trust_remote_code=False, local_files_only=True
+        )
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(staging, safe_serialization=True)
         del model
     gguf.unlink()
     (staging / MARKER_FILE).write_text(
-        json.dumps({"source": f"{EMBEDDED_PREFIX}{EMBEDDED_NAME}", "gguf_sha256": embedded_sha256(), "has_model": with_model})
+        json.dumps(
+            {
+                "source": f"{EMBEDDED_PREFIX}{EMBEDDED_NAME}",
+                "gguf_sha256": embedded_sha256(),
+                "has_model": with_model,
+            }
+        )
     )
 
 
@@ -126,7 +136,9 @@ def ensure_embedded(cache_root: Path, with_model: bool = True) -> Path:
     """Return the converted embedded model directory, converting (atomically) only if needed."""
     target = embedded_dir(cache_root)
     marker = _marker(target)
-    if marker.get("gguf_sha256") == embedded_sha256() and (marker.get("has_model") or not with_model):
+    if marker.get("gguf_sha256") == embedded_sha256() and (
+        marker.get("has_model") or not with_model
+    ):
         return target
     with atomic_dir(target) as staging:
         _convert(staging, with_model)
@@ -150,7 +162,9 @@ def check_local_model_dir(path: Path, need_weights: bool) -> None:
         weights = sorted(p for p in path.iterdir() if p.name.endswith(WEIGHT_SUFFIX))
         if not weights:
             pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-            hint = f" (found pickle weights {pickles}; convert them to safetensors)" if pickles else ""
+            hint = (
+                f" (found pickle weights {pickles}; convert them to safetensors)" if pickles else ""
+            )
             raise BaseModelError(f"{path}: no safetensors weights{hint}")
         _check_shard_index(path)
         for weight in weights:
@@ -178,7 +192,9 @@ def _check_json(path: Path) -> Any:
     try:
         return read_json(path)
     except InputError as exc:
-        raise BaseModelError(f"{exc}; the model directory is damaged, re-download or re-save it") from exc
+        raise BaseModelError(
+            f"{exc}; the model directory is damaged, re-download or re-save it"
+        ) from exc
 
 
 def _check_shard_index(path: Path) -> None:
@@ -189,10 +205,14 @@ def _check_shard_index(path: Path) -> None:
     index = _check_json(index_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
-        raise BaseModelError(f"{index_path}: no weight_map; the model directory is damaged, re-download or re-save it")
+        raise BaseModelError(
+            f"{index_path}: no weight_map; the model directory is damaged, re-download or re-save it"
+        )
     missing = sorted({name for name in weight_map.values() if not (path / name).is_file()})
     if missing:
-        raise BaseModelError(f"{index_path}: lists shard(s) that do not exist: {', '.join(missing)}")
+        raise BaseModelError(
+            f"{index_path}: lists shard(s) that do not exist: {', '.join(missing)}"
+        )
 
 
 def check_safetensors(path: Path) -> None:
@@ -206,17 +226,29 @@ def check_safetensors(path: Path) -> None:
         prefix = handle.read(8)
         header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
         if header_len < 0 or 8 + header_len > size:
-            raise BaseModelError(f"{path}: truncated or not a safetensors file ({size:,} bytes); re-download or re-save the model")
+            raise BaseModelError(
+                f"{path}: truncated or not a safetensors file ({size:,} bytes); re-download or re-save the model"
+            )
         try:
             header = json.loads(handle.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BaseModelError(f"{path}: corrupt safetensors header ({exc}); re-download or re-save the model") from exc
+            raise BaseModelError(
+                f"{path}: corrupt safetensors header ({exc}); re-download or re-save the model"
+            ) from exc
     if not isinstance(header, dict):
-        raise BaseModelError(f"{path}: corrupt safetensors header (not a JSON object); re-download or re-save the model")
-    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+        raise BaseModelError(
+            f"{path}: corrupt safetensors header (not a JSON object); re-download or re-save the model"
+        )
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+    ]
     needed = 8 + header_len + max(ends, default=0)
     if needed > size:
-        raise BaseModelError(f"{path}: truncated safetensors file ({size:,} of {needed:,} bytes); re-download or re-save the model")
+        raise BaseModelError(
+            f"{path}: truncated safetensors file ({size:,} of {needed:,} bytes); re-download or re-save the model"
+        )
 
 
 def resolve(name_or_path: str, cache_root: Path, with_model: bool = True) -> BaseModelSource:
@@ -229,7 +261,9 @@ def resolve(name_or_path: str, cache_root: Path, with_model: bool = True) -> Bas
         name = name_or_path[len(EMBEDDED_PREFIX) :]
         if name != EMBEDDED_NAME:
             raise BaseModelError(f"unknown embedded model {name!r}; available: {EMBEDDED_NAME!r}")
-        return BaseModelSource(str(ensure_embedded(cache_root, with_model)), "embedded", name_or_path)
+        return BaseModelSource(
+            str(ensure_embedded(cache_root, with_model)), "embedded", name_or_path
+        )
     path = Path(name_or_path).expanduser()
     if path.exists():
         check_local_model_dir(path, with_model)
@@ -253,7 +287,11 @@ def hub_source(repo_id: str, with_model: bool = True) -> BaseModelSource:
 def _offline_setting() -> str | None:
     """The variable that puts the Hugging Face libraries offline, as ``NAME=value``, or ``None``."""
     return next(
-        (f"{name}={os.environ[name]}" for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(name, "").lower() in OFFLINE_VALUES),
+        (
+            f"{name}={os.environ[name]}"
+            for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+            if os.environ.get(name, "").lower() in OFFLINE_VALUES
+        ),
         None,
     )
 
@@ -274,7 +312,9 @@ def _check_hub_cache(source: BaseModelSource, with_model: bool) -> None:
     except ValueError as exc:
         raise _hub_error(source, exc) from exc
     if not isinstance(cached, str):
-        raise _hub_error(source, FileNotFoundError(f"{wanted} is not in the local Hugging Face cache"))
+        raise _hub_error(
+            source, FileNotFoundError(f"{wanted} is not in the local Hugging Face cache")
+        )
 
 
 def _hub_error(source: BaseModelSource, exc: Exception) -> BaseModelError:
@@ -291,7 +331,9 @@ def load_tokenizer(source: BaseModelSource) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source.load_from, trust_remote_code=False, local_files_only=source.is_local)
+        return AutoTokenizer.from_pretrained(
+            source.load_from, trust_remote_code=False, local_files_only=source.is_local
+        )
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(source, exc) from exc
@@ -306,10 +348,17 @@ def load_local_tokenizer(directory: Path) -> Any:
     """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False, local_files_only=True)
+    return AutoTokenizer.from_pretrained(
+        str(directory), trust_remote_code=False, local_files_only=True
+    )
 
 
-def load_causal_lm(source: BaseModelSource, dtype: Any = None, quantization: str | None = None, device_map: Any = None) -> Any:
+def load_causal_lm(
+    source: BaseModelSource,
+    dtype: Any = None,
+    quantization: str | None = None,
+    device_map: Any = None,
+) -> Any:
     """The base causal LM: safetensors only, no remote code, no hub for local sources, optionally 8-/4-bit."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -321,13 +370,18 @@ def load_causal_lm(source: BaseModelSource, dtype: Any = None, quantization: str
     if quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     elif quantization == "4bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4"
+        )
     elif quantization is not None:
         raise BaseModelError(f"unknown quantization {quantization!r}; use '8bit', '4bit' or none")
     try:
-        return AutoModelForCausalLM.from_pretrained(source.load_from, trust_remote_code=False, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(
+            source.load_from, trust_remote_code=False, **kwargs
+        )
     except (OSError, ValueError) as exc:
         if source.kind == "hub":
             raise _hub_error(source, exc) from exc
-        raise BaseModelError(f"{source.load_from}: model cannot be loaded ({type(exc).__name__}: {exc})") from exc
-
+        raise BaseModelError(
+            f"{source.load_from}: model cannot be loaded ({type(exc).__name__}: {exc})"
+        ) from exc

@@ -42,12 +42,28 @@ from medtok_dagster.core.io import (
     read_json,
     require_nonempty_file,
 )
-from medtok_dagster.core.text import HANGUL_JAMO, HANGUL_SYLLABLES, has_hangul, mcq_texts, normalize, split_sentences
+from medtok_dagster.core.text import (
+    HANGUL_JAMO,
+    HANGUL_SYLLABLES,
+    has_hangul,
+    mcq_texts,
+    normalize,
+    split_sentences,
+)
 
 ShardFormat = Literal["arrow_stream", "arrow_file", "parquet", "jsonl", "txt"]
 
 SHARD_SUFFIXES = (".arrow", ".parquet", ".jsonl", ".txt")
-TEXT_COLUMN_CANDIDATES = ("text", "content", "document", "body", "article", "sentence", "raw_text", "contents")
+TEXT_COLUMN_CANDIDATES = (
+    "text",
+    "content",
+    "document",
+    "body",
+    "article",
+    "sentence",
+    "raw_text",
+    "contents",
+)
 TXT_COLUMN = "text"
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 
@@ -63,7 +79,11 @@ _NEWLINE = 0x0A
 _SURE_HANGUL_LEAD = 0xEB
 _SURE_HANGUL_LEADS = 2
 # Code point ranges of text.HANGUL_RE, all three bytes long in UTF-8.
-_HANGUL_RANGES = [(ord(spec[i]), ord(spec[i + 2])) for spec in (HANGUL_SYLLABLES, HANGUL_JAMO) for i in range(0, len(spec), 3)]
+_HANGUL_RANGES = [
+    (ord(spec[i]), ord(spec[i + 2]))
+    for spec in (HANGUL_SYLLABLES, HANGUL_JAMO)
+    for i in range(0, len(spec), 3)
+]
 # Where characters that normalize() may change can lie: the first two planes, the supplementary
 # compatibility ideographs and plane 14 (tags, variation selectors). The rest of Unicode is unified
 # ideographs, private use or unassigned; the tests check the whole range against this list.
@@ -139,8 +159,10 @@ def discover_shards(corpus_dir: Path) -> list[Shard]:
     files = sorted(_shard_files(corpus_dir), key=lambda p: p.relative_to(corpus_dir).as_posix())
     if not files:
         raise InputError(
-            corpus_dir, None, f"no shards found; supported: {', '.join(SHARD_SUFFIXES)} files "
-            "or a datasets.save_to_disk directory (data-*.arrow with state.json), possibly in subdirectories"
+            corpus_dir,
+            None,
+            f"no shards found; supported: {', '.join(SHARD_SUFFIXES)} files "
+            "or a datasets.save_to_disk directory (data-*.arrow with state.json), possibly in subdirectories",
         )
     return [Shard(path, _shard_format(path), path.stat().st_size) for path in files]
 
@@ -163,8 +185,12 @@ def _saved_dataset_files(directory: Path) -> list[Path]:
     state_path = directory / _DATASET_STATE
     state = read_json(state_path)
     entries = state.get("_data_files") if isinstance(state, dict) else None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "filename" in e for e in entries):
-        raise InputError(state_path, None, "not a datasets state.json (no _data_files list of filenames)")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and "filename" in e for e in entries
+    ):
+        raise InputError(
+            state_path, None, "not a datasets state.json (no _data_files list of filenames)"
+        )
     files = [directory / entry["filename"] for entry in entries]
     for path in files:
         if not path.is_file():
@@ -176,7 +202,11 @@ def _shard_format(path: Path) -> ShardFormat:
     """Arrow shards come in both IPC flavours: ``save_to_disk`` writes streams, other tools files."""
     if path.suffix == ".arrow":
         with path.open("rb") as handle:
-            return "arrow_file" if handle.read(len(_ARROW_FILE_MAGIC)) == _ARROW_FILE_MAGIC else "arrow_stream"
+            return (
+                "arrow_file"
+                if handle.read(len(_ARROW_FILE_MAGIC)) == _ARROW_FILE_MAGIC
+                else "arrow_stream"
+            )
     return {".parquet": "parquet", ".jsonl": "jsonl", ".txt": "txt"}[path.suffix]
 
 
@@ -192,13 +222,21 @@ def detect_text_column(
     known; without it every column counts as a possible text column.
     """
     names = list(schema_names)
-    texts = names if string_columns is None else [name for name in names if name in set(string_columns)]
+    texts = (
+        names if string_columns is None else [name for name in names if name in set(string_columns)]
+    )
     available = ", ".join(names) or "(none)"
     if configured is not None:
         if configured not in names:
-            raise InputError(path, None, f"text column {configured!r} not found; available columns: {available}")
+            raise InputError(
+                path, None, f"text column {configured!r} not found; available columns: {available}"
+            )
         if configured not in texts:
-            raise InputError(path, None, f"text column {configured!r} is not a string column; available columns: {available}")
+            raise InputError(
+                path,
+                None,
+                f"text column {configured!r} is not a string column; available columns: {available}",
+            )
         return configured
     for candidate in TEXT_COLUMN_CANDIDATES:
         if candidate in texts:
@@ -206,8 +244,10 @@ def detect_text_column(
     if len(texts) == 1:
         return texts[0]
     raise InputError(
-        path, None, f"unknown schema: cannot tell which column holds the text; available columns: {available}; "
-        "set the text column explicitly"
+        path,
+        None,
+        f"unknown schema: cannot tell which column holds the text; available columns: {available}; "
+        "set the text column explicitly",
     )
 
 
@@ -248,7 +288,11 @@ def _jsonl_schema(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _is_string_type(data_type: pa.DataType) -> bool:
-    return pa.types.is_string(data_type) or pa.types.is_large_string(data_type) or pa.types.is_string_view(data_type)
+    return (
+        pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_string_view(data_type)
+    )
 
 
 @dataclass(frozen=True)
@@ -261,7 +305,11 @@ class _Docs:
 
     def location(self, index: int) -> int:
         """Row index (arrow, parquet) or 1-based file line (jsonl, txt) of document ``index``."""
-        return int(self.line_numbers[index]) if self.line_numbers is not None else self.first_row + index
+        return (
+            int(self.line_numbers[index])
+            if self.line_numbers is not None
+            else self.first_row + index
+        )
 
     def sliced(self, start: int, stop: int) -> _Docs:
         numbers = self.line_numbers[start:stop] if self.line_numbers is not None else None
@@ -325,7 +373,12 @@ def iter_shard_texts(
 
 
 def _shard_blocks(
-    shard: Shard, column: str, lenient: bool, skips: SkipReport, max_line_bytes: int, counts: _ShardCounts
+    shard: Shard,
+    column: str,
+    lenient: bool,
+    skips: SkipReport,
+    max_line_bytes: int,
+    counts: _ShardCounts,
 ) -> Iterator[_LineBlock]:
     if shard.bytes == 0:
         if not lenient:
@@ -341,7 +394,9 @@ def _shard_blocks(
             yield block
 
 
-def _shard_docs(shard: Shard, column: str, lenient: bool, skips: SkipReport, max_line_bytes: int) -> Iterator[_Docs]:
+def _shard_docs(
+    shard: Shard, column: str, lenient: bool, skips: SkipReport, max_line_bytes: int
+) -> Iterator[_Docs]:
     if shard.format == "txt":
         return _located_docs(iter_text_lines(shard.path, lenient, skips, max_line_bytes))
     if shard.format == "jsonl":
@@ -359,7 +414,9 @@ def _arrow_docs(shard: Shard, column: str) -> Iterator[_Docs]:
     with pa.OSFile(str(shard.path)) as source:
         if shard.format == "arrow_file":
             reader = pa.ipc.open_file(source)
-            batches: Iterable[pa.RecordBatch] = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            batches: Iterable[pa.RecordBatch] = (
+                reader.get_batch(i) for i in range(reader.num_record_batches)
+            )
         else:
             batches = pa.ipc.open_stream(source)
         row = 0
@@ -370,12 +427,16 @@ def _arrow_docs(shard: Shard, column: str) -> Iterator[_Docs]:
 
 def _parquet_docs(shard: Shard, column: str) -> Iterator[_Docs]:
     row = 0
-    for batch in pq.ParquetFile(shard.path).iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[column]):
+    for batch in pq.ParquetFile(shard.path).iter_batches(
+        batch_size=_PARQUET_BATCH_ROWS, columns=[column]
+    ):
         yield _Docs(batch.column(0), row)
         row += batch.num_rows
 
 
-def _guarded(docs: Iterator[_Docs], shard: Shard, lenient: bool, skips: SkipReport) -> Iterator[_Docs]:
+def _guarded(
+    docs: Iterator[_Docs], shard: Shard, lenient: bool, skips: SkipReport
+) -> Iterator[_Docs]:
     """A truncated or corrupt arrow/parquet shard: located error (strict) or the rest skipped (lenient)."""
     row = 0
     try:
@@ -384,11 +445,15 @@ def _guarded(docs: Iterator[_Docs], shard: Shard, lenient: bool, skips: SkipRepo
             yield batch
     except (pa.ArrowException, OSError) as exc:
         if not lenient:
-            raise InputError(shard.path, row, f"unreadable {shard.format} shard after row {row} ({exc})") from exc
+            raise InputError(
+                shard.path, row, f"unreadable {shard.format} shard after row {row} ({exc})"
+            ) from exc
         skips.add("unreadable_shard", shard.path, row)
 
 
-def _jsonl_texts(path: Path, column: str, lenient: bool, skips: SkipReport) -> Iterator[tuple[int, str]]:
+def _jsonl_texts(
+    path: Path, column: str, lenient: bool, skips: SkipReport
+) -> Iterator[tuple[int, str]]:
     """``(line, text)`` per JSONL record; a null or missing text reads as empty, like a null arrow value."""
     for line_no, raw in iter_text_lines(path, lenient, skips, _MAX_JSONL_RECORD_BYTES):
         if not raw.strip():
@@ -448,7 +513,9 @@ def _plain_strings(texts: pa.Array) -> pa.Array:
 
 def _offsets(texts: pa.Array) -> np.ndarray:
     dtype = np.int64 if pa.types.is_large_string(texts.type) else np.int32
-    return np.frombuffer(texts.buffers()[1], dtype=dtype)[texts.offset : texts.offset + len(texts) + 1]
+    return np.frombuffer(texts.buffers()[1], dtype=dtype)[
+        texts.offset : texts.offset + len(texts) + 1
+    ]
 
 
 def _data_buffer(texts: pa.Array) -> pa.Buffer:
@@ -456,7 +523,12 @@ def _data_buffer(texts: pa.Array) -> pa.Buffer:
 
 
 def _line_block(
-    docs: _Docs, path: Path, lenient: bool, skips: SkipReport, max_line_bytes: int, scratch: _Scratch | None = None
+    docs: _Docs,
+    path: Path,
+    lenient: bool,
+    skips: SkipReport,
+    max_line_bytes: int,
+    scratch: _Scratch | None = None,
 ) -> _LineBlock:
     """Split documents into lines without copying text, and choose the lines that hold Hangul.
 
@@ -480,7 +552,9 @@ def _line_block(
     return _LineBlock(data, bounds, np.flatnonzero(keep))
 
 
-def _hangul_mask(starts: np.ndarray, body: np.ndarray, codes: np.ndarray, flags: np.ndarray) -> np.ndarray:
+def _hangul_mask(
+    starts: np.ndarray, body: np.ndarray, codes: np.ndarray, flags: np.ndarray
+) -> np.ndarray:
     """Whether each line ``body[starts[i]:starts[i + 1]]`` contains Hangul, mostly by a one-byte test.
 
     ``codes`` and ``flags`` are work arrays of ``len(body)`` items.
@@ -489,7 +563,9 @@ def _hangul_mask(starts: np.ndarray, body: np.ndarray, codes: np.ndarray, flags:
     nonempty = lengths > 0
     found = np.zeros(len(lengths), dtype=bool)
     if nonempty.any():
-        sure = np.less(np.subtract(body, np.uint8(_SURE_HANGUL_LEAD), out=codes), _SURE_HANGUL_LEADS, out=flags)
+        sure = np.less(
+            np.subtract(body, np.uint8(_SURE_HANGUL_LEAD), out=codes), _SURE_HANGUL_LEADS, out=flags
+        )
         found[nonempty] = np.logical_or.reduceat(sure, starts[:-1][nonempty])
     unsure = np.flatnonzero(nonempty & ~found)
     if unsure.size:
@@ -519,7 +595,9 @@ def _contains_hangul(body: np.ndarray, starts: np.ndarray, lengths: np.ndarray) 
     return found
 
 
-def _too_long_lines(bounds: np.ndarray, data: np.ndarray, max_line_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def _too_long_lines(
+    bounds: np.ndarray, data: np.ndarray, max_line_bytes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices and byte sizes of the lines over the limit, not counting their newline."""
     lengths = np.diff(bounds)
     candidates = np.flatnonzero(lengths > max_line_bytes)
@@ -529,11 +607,18 @@ def _too_long_lines(bounds: np.ndarray, data: np.ndarray, max_line_bytes: int) -
 
 
 def _reject_long_lines(
-    locations: list[int], sizes: list[int], path: Path, lenient: bool, skips: SkipReport, max_line_bytes: int
+    locations: list[int],
+    sizes: list[int],
+    path: Path,
+    lenient: bool,
+    skips: SkipReport,
+    max_line_bytes: int,
 ) -> None:
     for where, size in zip(locations, sizes):
         if not lenient:
-            raise InputError(path, where, f"line of {size:,} bytes exceeds the {max_line_bytes:,}-byte limit")
+            raise InputError(
+                path, where, f"line of {size:,} bytes exceeds the {max_line_bytes:,}-byte limit"
+            )
         skips.add("line_too_long", path, where)
 
 
@@ -553,7 +638,9 @@ def _copy_lines(block: _LineBlock, which: np.ndarray) -> pa.Array:
     pieces = np.empty(2 * len(starts), dtype=np.int64)
     pieces[0::2] = starts
     pieces[1::2] = ends
-    halves = pa.Array.from_buffers(pa.large_string(), len(pieces) - 1, [None, pa.py_buffer(pieces), pa.py_buffer(block.data)])
+    halves = pa.Array.from_buffers(
+        pa.large_string(), len(pieces) - 1, [None, pa.py_buffer(pieces), pa.py_buffer(block.data)]
+    )
     return pc.take(halves, 2 * np.asarray(which, dtype=np.int64), memory_pool=_HOLD_POOL)
 
 
@@ -583,7 +670,10 @@ def _finished_arrays(arrays: list[pa.Array], joined: _JoinBuffer) -> list[pa.Arr
     if not suspect.true_count:
         return arrays
     flags = suspect.to_numpy(zero_copy_only=False)
-    return [_normalized_where(lines, flags[first : first + len(lines)]) for lines, first in zip(arrays, firsts)]
+    return [
+        _normalized_where(lines, flags[first : first + len(lines)])
+        for lines, first in zip(arrays, firsts)
+    ]
 
 
 def _normalized_where(lines: pa.Array, flags: np.ndarray) -> pa.Array:
@@ -605,7 +695,10 @@ class _JoinBuffer:
         """One array viewing the buffer (valid until the next call), and where each input starts in it."""
         if len(arrays) == 1:
             return arrays[0], [0]
-        spans = [(_offsets(lines), np.frombuffer(_data_buffer(lines), dtype=np.uint8)) for lines in arrays]
+        spans = [
+            (_offsets(lines), np.frombuffer(_data_buffer(lines), dtype=np.uint8))
+            for lines in arrays
+        ]
         total = sum(int(offsets[-1] - offsets[0]) for offsets, _ in spans)
         if total > len(self._data):
             self._data = np.empty(max(total, 2 * len(self._data)), dtype=np.uint8)
@@ -619,7 +712,11 @@ class _JoinBuffer:
             line += len(offsets) - 1
             position += size
         bounds = np.concatenate(offsets_out).astype(np.int64, copy=False)
-        view = pa.Array.from_buffers(pa.large_string(), line, [None, pa.py_buffer(bounds), pa.py_buffer(self._data[:position])])
+        view = pa.Array.from_buffers(
+            pa.large_string(),
+            line,
+            [None, pa.py_buffer(bounds), pa.py_buffer(self._data[:position])],
+        )
         return view, firsts
 
 
@@ -638,7 +735,9 @@ def _unnormal_pattern() -> str:
             ranges[-1][1] = cp
         else:
             ranges.append([cp, cp])
-    members = "".join(f"\\x{{{low:x}}}" + (f"-\\x{{{high:x}}}" if high > low else "") for low, high in ranges)
+    members = "".join(
+        f"\\x{{{low:x}}}" + (f"-\\x{{{high:x}}}" if high > low else "") for low, high in ranges
+    )
     return f"^ | $|  |[{members}]"
 
 
@@ -682,7 +781,9 @@ class _ReplacementPlan:
 
     def _uniforms(self, count: int) -> np.ndarray:
         """Floats in (0, 1] with 53 random bits each; 0 is excluded because its log is -inf."""
-        words = np.frombuffer(self._rng.getrandbits(64 * count).to_bytes(8 * count, "little"), dtype="<u8")
+        words = np.frombuffer(
+            self._rng.getrandbits(64 * count).to_bytes(8 * count, "little"), dtype="<u8"
+        )
         return ((words >> np.uint64(11)) + 1) * 2.0**-53
 
     def _slots_below_n(self, count: int) -> np.ndarray:
@@ -690,7 +791,9 @@ class _ReplacementPlan:
         mask = np.uint64((1 << (self._n - 1).bit_length()) - 1)
         accepted: list[np.ndarray] = []
         while sum(len(part) for part in accepted) < count:
-            words = np.frombuffer(self._rng.getrandbits(64 * count).to_bytes(8 * count, "little"), dtype="<u8")
+            words = np.frombuffer(
+                self._rng.getrandbits(64 * count).to_bytes(8 * count, "little"), dtype="<u8"
+            )
             masked = words & mask
             accepted.append(masked[masked < self._n])
         return np.concatenate(accepted)[:count].astype(np.int64)
@@ -818,7 +921,11 @@ class _BlockReservoir:
         places = np.full(firsts[-1], -1, dtype=np.int64)
         places[firsts[self._chunk_of[live]] + self._position_of[live]] = live
         order = places[places >= 0]
-        return np.split(order, np.flatnonzero(np.diff(self._chunk_of[order])) + 1) if order.size else []
+        return (
+            np.split(order, np.flatnonzero(np.diff(self._chunk_of[order])) + 1)
+            if order.size
+            else []
+        )
 
     def _compact(self) -> None:
         """Copy the live lines into new chunks, dropping each old chunk as soon as it is copied.
@@ -899,7 +1006,9 @@ def sample_corpus(
 
 
 def write_lines_parquet(
-    lines: Sequence[str] | ArrowLines, path: Path, extra_columns: Mapping[str, Sequence[Any]] | None = None
+    lines: Sequence[str] | ArrowLines,
+    path: Path,
+    extra_columns: Mapping[str, Sequence[Any]] | None = None,
 ) -> Path:
     """Write lines as a zstd parquet file with a ``text`` column (plus aligned extra columns), atomically.
 
@@ -911,7 +1020,9 @@ def write_lines_parquet(
         if name in columns:
             raise ValueError(f"extra column {name!r} clashes with the text column")
         if len(values) != len(lines):
-            raise ValueError(f"extra column {name!r} has {len(values)} values for {len(lines)} lines")
+            raise ValueError(
+                f"extra column {name!r} has {len(values)} values for {len(lines)} lines"
+            )
         columns[name] = values
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(columns), sink, compression="zstd")
@@ -990,11 +1101,15 @@ def read_lines_parquet(path: Path) -> list[str]:
     except (pa.ArrowException, OSError) as exc:
         raise InputError(path, None, f"not a readable parquet file ({exc})") from exc
     if "text" not in parquet.schema_arrow.names:
-        raise InputError(path, None, f"no 'text' column; columns: {', '.join(parquet.schema_arrow.names)}")
+        raise InputError(
+            path, None, f"no 'text' column; columns: {', '.join(parquet.schema_arrow.names)}"
+        )
     return parquet.read(columns=["text"]).column("text").to_pylist()
 
 
-def build_medical_corpus(records: Sequence[Mapping[str, Any]], dictionary_entries: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def build_medical_corpus(
+    records: Sequence[Mapping[str, Any]], dictionary_entries: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
     """``(source, sentence)`` rows of Korean medical text: train questions, options, dictionary definitions.
 
     Sentences are NFC-normalised and deduplicated (first occurrence wins); rows without Hangul are
@@ -1022,6 +1137,9 @@ def split_heldout(lines: Sequence[str], permille: int) -> tuple[list[str], list[
     """Split lines into (train, held-out) by a stable hash, so the split never depends on order or seed."""
     train, heldout = [], []
     for line in lines:
-        bucket = int.from_bytes(hashlib.blake2b(line.encode("utf-8"), digest_size=4).digest(), "big") % 1000
+        bucket = (
+            int.from_bytes(hashlib.blake2b(line.encode("utf-8"), digest_size=4).digest(), "big")
+            % 1000
+        )
         (heldout if bucket < permille else train).append(line)
     return train, heldout

@@ -40,7 +40,9 @@ class CharStats:
 
 
 def scan_special_chars(
-    records: Iterable[JsonlRecord], source_name: str, fields: Sequence[str] = (*MCQ_TEXT_FIELDS, "cot")
+    records: Iterable[JsonlRecord],
+    source_name: str,
+    fields: Sequence[str] = (*MCQ_TEXT_FIELDS, "cot"),
 ) -> dict:
     """Count special characters in MCQ records and build the prototype's report structure.
 
@@ -97,7 +99,19 @@ def special_chars_frame(report: dict) -> pd.DataFrame:
         }
         for c in report["characters"]
     ]
-    return pd.DataFrame(rows, columns=["char", "code", "unicode", "name", "count", "example_line", "example_field", "example_context"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "char",
+            "code",
+            "unicode",
+            "name",
+            "count",
+            "example_line",
+            "example_field",
+            "example_context",
+        ],
+    )
 
 
 def load_user_tokens(path: Path, lenient: bool = False) -> tuple[list[str], SkipReport]:
@@ -161,7 +175,9 @@ UNIT_SEGMENT = r"(?:[A-Za-zμµ℃%]+|[가-힣])"
 NOTATION_RE = re.compile(rf"(?:×10[³²⁴⁵⁶⁹]|[³²])?{UNIT_SEGMENT}?(?:/{UNIT_SEGMENT})+")
 
 
-def scan_notation(records: Iterable[JsonlRecord], fields: Sequence[str] = MCQ_TEXT_FIELDS) -> Counter[str]:
+def scan_notation(
+    records: Iterable[JsonlRecord], fields: Sequence[str] = MCQ_TEXT_FIELDS
+) -> Counter[str]:
     """Unit notation of exam text with counts: ``mg/dL``, ``mEq/L``, ``/μL``, ``×10³/μL``, ``회/분``.
 
     Gemma spells these out piece by piece (``m``, ``Eq``, ``/``, ``L``) in every lab value, so the

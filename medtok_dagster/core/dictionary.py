@@ -73,7 +73,11 @@ def load_dictionary(path: Path, lenient: bool = False) -> DictionaryLoad:
     """
     data = read_json(path)
     if not isinstance(data, list):
-        raise InputError(path, 1, f"expected a JSON array of {{term, definition}} objects, got {type(data).__name__}")
+        raise InputError(
+            path,
+            1,
+            f"expected a JSON array of {{term, definition}} objects, got {type(data).__name__}",
+        )
     if not data:
         raise InputError(path, 1, "the dictionary is empty")
     raw_text = path.read_text(encoding="utf-8")

@@ -129,7 +129,9 @@ def _window(line: Sequence[int], position: int, before: int, after: int) -> tupl
     return max(position - before, 0), min(position + after + 1, len(line))
 
 
-def build_context(ids: Sequence[int], bos: int, base_len: int, pieces: dict[int, list[int]]) -> Context | None:
+def build_context(
+    ids: Sequence[int], bos: int, base_len: int, pieces: dict[int, list[int]]
+) -> Context | None:
     """Student and teacher sequences for one window of extended ids (both start with ``<bos>``)."""
     student = [bos, *ids]
     teacher = [bos]
@@ -138,7 +140,13 @@ def build_context(ids: Sequence[int], bos: int, base_len: int, pieces: dict[int,
     for position, token in enumerate(ids, start=1):
         spelled = pieces[token] if token >= base_len else [token]
         if token >= base_len:
-            targets.append((position - 1, token - base_len, list(range(len(teacher), len(teacher) + len(spelled)))))
+            targets.append(
+                (
+                    position - 1,
+                    token - base_len,
+                    list(range(len(teacher), len(teacher) + len(spelled))),
+                )
+            )
         teacher.extend(spelled)
         aligned.append(len(teacher) - 1)
     if not targets:
@@ -147,7 +155,12 @@ def build_context(ids: Sequence[int], bos: int, base_len: int, pieces: dict[int,
 
 
 def plan_contexts(
-    encoded: Sequence[Sequence[int]], new_ids: Sequence[int], pieces: dict[int, list[int]], base_len: int, bos: int, config: DistillConfig
+    encoded: Sequence[Sequence[int]],
+    new_ids: Sequence[int],
+    pieces: dict[int, list[int]],
+    base_len: int,
+    bos: int,
+    config: DistillConfig,
 ) -> Plan:
     """Choose windows so that each selected token appears in up to ``contexts_per_token`` of them.
 
@@ -155,7 +168,9 @@ def plan_contexts(
     frequent tokens are mostly covered by other tokens' windows and no compute is spent twice.
     """
     occurrences = count_occurrences(encoded, base_len)
-    ranked = sorted((i for i in new_ids if occurrences[i] and pieces.get(i)), key=lambda i: (-occurrences[i], i))
+    ranked = sorted(
+        (i for i in new_ids if occurrences[i] and pieces.get(i)), key=lambda i: (-occurrences[i], i)
+    )
     selected = ranked[: config.max_tokens] if config.max_tokens else ranked
     where: dict[int, list[tuple[int, int]]] = {i: [] for i in selected}
     for line_no, ids in enumerate(encoded):
@@ -172,7 +187,9 @@ def plan_contexts(
         for line_no, position in spots:
             if covered[token] >= config.contexts_per_token:
                 break
-            start, end = _window(encoded[line_no], position, config.context_before, config.context_after)
+            start, end = _window(
+                encoded[line_no], position, config.context_before, config.context_after
+            )
             if (line_no, start, end) in seen:
                 continue
             seen.add((line_no, start, end))
@@ -193,7 +210,9 @@ def decoder_of(model: Any) -> Any:
 
 def softcap_of(model: Any) -> float | None:
     """The final logit soft-cap, if the model has one (Gemma 2 does; Gemma 3 sets none)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
     return getattr(config, "final_logit_softcapping", None)
 
 
@@ -221,7 +240,9 @@ class TeacherTargets:
     logp: torch.Tensor
 
 
-def _padded(sequences: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded(
+    sequences: Sequence[Sequence[int]], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     longest = max(len(s) for s in sequences)
     ids = torch.tensor([list(s) + [pad] * (longest - len(s)) for s in sequences], device=device)
     mask = torch.tensor([[1] * len(s) + [0] * (longest - len(s)) for s in sequences], device=device)
@@ -232,7 +253,9 @@ def autocast(device: torch.device) -> Any:
     """bfloat16 compute where the hardware has it (rows and losses stay float32); a no-op elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    return torch.autocast(
+        "cpu", dtype=torch.bfloat16, enabled=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    )
 
 
 @dataclass
@@ -246,7 +269,14 @@ class _Entries:
 
 
 @torch.no_grad()
-def teacher_targets(model: Any, contexts: Sequence[Context], base_len: int, pad: int, batch_size: int, with_output: bool = True) -> TeacherTargets:
+def teacher_targets(
+    model: Any,
+    contexts: Sequence[Context],
+    base_len: int,
+    pad: int,
+    batch_size: int,
+    with_output: bool = True,
+) -> TeacherTargets:
     """Run the frozen model once over every context spelled with pieces (base vocabulary only).
 
     Logits are computed only at the positions that matter: the aligned positions from the first
@@ -269,7 +299,9 @@ def teacher_targets(model: Any, contexts: Sequence[Context], base_len: int, pad:
             hidden.append(states[row, context.aligned].to(torch.bfloat16).cpu())
             if not with_output:
                 continue
-            next_new = {position: (new_row, pieces) for position, new_row, pieces in context.targets}
+            next_new = {
+                position: (new_row, pieces) for position, new_row, pieces in context.targets
+            }
             for position in range(context.first_new - 1, len(context.student) - 1):
                 normaliser.rows.append(row)
                 normaliser.positions.append(context.aligned[position])
@@ -277,7 +309,9 @@ def teacher_targets(model: Any, contexts: Sequence[Context], base_len: int, pad:
                 position_of.append(position)
                 new_row, piece_positions = next_new.get(position, (-1, []))
                 row_of.append(new_row)
-                for predictor, piece in zip([context.aligned[position], *piece_positions[:-1]], piece_positions):
+                for predictor, piece in zip(
+                    [context.aligned[position], *piece_positions[:-1]], piece_positions
+                ):
                     joint.rows.append(row)
                     joint.positions.append(predictor)
                     joint.owner.append(len(row_of) - 1)
@@ -290,25 +324,38 @@ def teacher_targets(model: Any, contexts: Sequence[Context], base_len: int, pad:
         logp[index] += value
     scale = float(torch.cat([h.float().pow(2).sum(-1) for h in hidden]).mean())
     return TeacherTargets(
-        hidden, scale, torch.tensor(context_of), torch.tensor(position_of), torch.tensor(lse_of, dtype=torch.float32),
-        torch.tensor(row_of), logp.float(),
+        hidden,
+        scale,
+        torch.tensor(context_of),
+        torch.tensor(position_of),
+        torch.tensor(lse_of, dtype=torch.float32),
+        torch.tensor(row_of),
+        logp.float(),
     )
 
 
-def _logits(states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None) -> torch.Tensor:
+def _logits(
+    states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None
+) -> torch.Tensor:
     device = states.device
-    picked = states[torch.tensor(entries.rows, device=device), torch.tensor(entries.positions, device=device)]
+    picked = states[
+        torch.tensor(entries.rows, device=device), torch.tensor(entries.positions, device=device)
+    ]
     with autocast(device):
         logits = picked @ head.T
     return _softcap(logits.float(), cap)
 
 
-def _logsumexp(states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None) -> torch.Tensor:
+def _logsumexp(
+    states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None
+) -> torch.Tensor:
     """The base vocabulary's log-normaliser at each entry's position."""
     return torch.logsumexp(_logits(states, entries, head, cap), dim=-1).cpu()
 
 
-def _piece_logprobs(states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None, _: int) -> list[tuple[int, float]]:
+def _piece_logprobs(
+    states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None, _: int
+) -> list[tuple[int, float]]:
     """``(entry, log p(piece))`` for every piece of every new token (summed per entry by the caller)."""
     if not entries.rows:
         return []
@@ -318,7 +365,9 @@ def _piece_logprobs(states: torch.Tensor, entries: _Entries, head: torch.Tensor,
     return list(zip(entries.owner, logprobs.double().cpu().tolist()))
 
 
-def output_loss(rows: torch.Tensor, targets: TeacherTargets, select: torch.Tensor, cap: float | None) -> torch.Tensor:
+def output_loss(
+    rows: torch.Tensor, targets: TeacherTargets, select: torch.Tensor, cap: float | None
+) -> torch.Tensor:
     """Cross-entropy of the extended output layer against the teacher, learned by the new rows only.
 
     At each position the target distribution is the teacher's: the spelled new token gets its
@@ -327,18 +376,29 @@ def output_loss(rows: torch.Tensor, targets: TeacherTargets, select: torch.Tenso
     negative for every new token that does not follow there, and a new token that does follow is
     pulled towards ``P``, not towards certainty.
     """
-    hidden = torch.stack([targets.hidden[c][p] for c, p in zip(targets.context[select].tolist(), targets.position[select].tolist())]).to(rows.device)
+    hidden = torch.stack(
+        [
+            targets.hidden[c][p]
+            for c, p in zip(targets.context[select].tolist(), targets.position[select].tolist())
+        ]
+    ).to(rows.device)
     z = _softcap(hidden.float() @ rows.float().T, cap)
     lse = targets.lse[select].to(rows.device)
     total = torch.logaddexp(lse, torch.logsumexp(z, dim=-1))
     next_row = targets.next_row[select].to(rows.device)
     has_new = next_row >= 0
-    target_logit = torch.where(has_new, z.gather(-1, next_row.clamp(min=0)[:, None]).squeeze(-1), lse)
-    probability = torch.where(has_new, targets.logp[select].to(rows.device).exp(), torch.zeros_like(lse))
+    target_logit = torch.where(
+        has_new, z.gather(-1, next_row.clamp(min=0)[:, None]).squeeze(-1), lse
+    )
+    probability = torch.where(
+        has_new, targets.logp[select].to(rows.device).exp(), torch.zeros_like(lse)
+    )
     return (total - lse - probability * (target_logit - lse)).mean()
 
 
-def output_preserving_projector(targets: TeacherTargets, share: float, device: torch.device) -> torch.Tensor | None:
+def output_preserving_projector(
+    targets: TeacherTargets, share: float, device: torch.device
+) -> torch.Tensor | None:
     """``I - U Uᵀ`` for the top principal directions ``U`` of the teacher's final hidden states.
 
     Those directions carry ``share`` of the hidden states' energy; a row change projected onto the
@@ -366,13 +426,25 @@ def input_embeds(model: Any, ids: torch.Tensor, rows: torch.Tensor, base_len: in
     return torch.where(is_new[..., None], new.to(base.dtype), base)
 
 
-def input_loss(model: Any, contexts: Sequence[Context], indices: Sequence[int], rows: torch.Tensor, targets: TeacherTargets, base_len: int, pad: int) -> torch.Tensor:
+def input_loss(
+    model: Any,
+    contexts: Sequence[Context],
+    indices: Sequence[int],
+    rows: torch.Tensor,
+    targets: TeacherTargets,
+    base_len: int,
+    pad: int,
+) -> torch.Tensor:
     """Normalised squared distance of the student's final hidden states to the teacher's, from the first new token on."""
     device = model_device(model)
     batch = [contexts[i] for i in indices]
     ids, mask = _padded([c.student for c in batch], pad, device)
     with autocast(device):
-        states = decoder_of(model)(inputs_embeds=input_embeds(model, ids, rows, base_len), attention_mask=mask, use_cache=False).last_hidden_state
+        states = decoder_of(model)(
+            inputs_embeds=input_embeds(model, ids, rows, base_len),
+            attention_mask=mask,
+            use_cache=False,
+        ).last_hidden_state
     errors = []
     for row, (index, context) in enumerate(zip(indices, batch)):
         span = slice(context.first_new, len(context.student))
@@ -397,7 +469,12 @@ class DistillResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _save_checkpoint(directory: Path, rows: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def _save_checkpoint(
+    directory: Path,
+    rows: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> None:
     """Rows, Adam moments and the step, written atomically (safetensors + JSON, never pickle)."""
     from safetensors.torch import save_file
 
@@ -408,12 +485,17 @@ def _save_checkpoint(directory: Path, rows: dict[str, torch.Tensor], optimizer: 
                 tensor = value if torch.is_tensor(value) else torch.tensor(value)
                 moments[f"{group_index}.{param_index}.{name}"] = tensor.detach().cpu().contiguous()
     with atomic_dir(directory) as staging:
-        save_file({k: v.detach().cpu().contiguous() for k, v in rows.items()}, str(staging / CHECKPOINT_ROWS_FILE))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in rows.items()},
+            str(staging / CHECKPOINT_ROWS_FILE),
+        )
         save_file(moments, str(staging / OPTIMIZER_FILE))
         (staging / STATE_FILE).write_text(json.dumps(state))
 
 
-def _load_checkpoint(directory: Path, key: str, rows: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+def _load_checkpoint(
+    directory: Path, key: str, rows: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer
+) -> dict[str, Any] | None:
     """Restore rows and Adam moments if ``directory`` holds a checkpoint of these exact settings."""
     from safetensors.torch import load_file
 
@@ -429,15 +511,27 @@ def _load_checkpoint(directory: Path, key: str, rows: dict[str, torch.Tensor], o
     moments = load_file(str(directory / OPTIMIZER_FILE))
     for group_index, group in enumerate(optimizer.param_groups):
         for param_index, param in enumerate(group["params"]):
-            entries = {k.split(".", 2)[2]: v for k, v in moments.items() if k.startswith(f"{group_index}.{param_index}.")}
+            entries = {
+                k.split(".", 2)[2]: v
+                for k, v in moments.items()
+                if k.startswith(f"{group_index}.{param_index}.")
+            }
             if entries:
-                optimizer.state[param] = {k: (v.to(param.device) if v.dim() else v) for k, v in entries.items()}
+                optimizer.state[param] = {
+                    k: (v.to(param.device) if v.dim() else v) for k, v in entries.items()
+                }
     return state
 
 
 def run_key(config: DistillConfig, new_ids: Sequence[int], corpus_digest: str) -> str:
     """Identifies one distillation problem: settings, the new ids and the corpus it learns from."""
-    payload = json.dumps({"config": config.key(), "ids": [min(new_ids, default=0), max(new_ids, default=0), len(new_ids)], "corpus": corpus_digest})
+    payload = json.dumps(
+        {
+            "config": config.key(),
+            "ids": [min(new_ids, default=0), max(new_ids, default=0), len(new_ids)],
+            "corpus": corpus_digest,
+        }
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -451,7 +545,9 @@ def corpus_digest(lines: Sequence[str]) -> str:
 
 
 @torch.no_grad()
-def mean_output_loss(rows: torch.Tensor, targets: TeacherTargets, cap: float | None, chunk: int = 4096) -> float:
+def mean_output_loss(
+    rows: torch.Tensor, targets: TeacherTargets, cap: float | None, chunk: int = 4096
+) -> float:
     """:func:`output_loss` over every entry, in chunks (a progress figure, no gradient)."""
     total, count = 0.0, len(targets.context)
     for start in range(0, count, chunk):
@@ -483,17 +579,40 @@ def distill(
         parameter.requires_grad_(False)
     model.eval()
     bos, pad = bos_id(tokenizer), pad_id(tokenizer)
-    pieces = {i: [p for p in ids if p < base_len] for i, ids in zip(new_ids, pieces_of(tokenizer.convert_ids_to_tokens(new_ids), base_tokenizer))}
+    pieces = {
+        i: [p for p in ids if p < base_len]
+        for i, ids in zip(
+            new_ids, pieces_of(tokenizer.convert_ids_to_tokens(new_ids), base_tokenizer)
+        )
+    }
     plan = plan_contexts(encode_plain(tokenizer, lines), new_ids, pieces, base_len, bos, config)
-    log(f"{len(plan.contexts)} contexts cover {len(plan.distilled)} of {len(new_ids)} new tokens ({len(plan.selected)} selected)")
+    log(
+        f"{len(plan.contexts)} contexts cover {len(plan.distilled)} of {len(new_ids)} new tokens ({len(plan.selected)} selected)"
+    )
     device = model_device(model)
-    start = model.get_input_embeddings().weight[base_len : base_len + len(new_ids)].detach().float().clone().to(device)
+    start = (
+        model.get_input_embeddings()
+        .weight[base_len : base_len + len(new_ids)]
+        .detach()
+        .float()
+        .clone()
+        .to(device)
+    )
     named = {"input": torch.nn.Parameter(start.clone())}
     if config.mode == "untied":
         named["output"] = torch.nn.Parameter(start.clone())
     optimizer = torch.optim.Adam(list(named.values()), lr=config.learning_rate)
     if not plan.contexts:
-        return DistillResult(start.cpu(), start.cpu() if "output" in named else None, [], plan.fallback(new_ids), plan.selected, 0, 0, 0)
+        return DistillResult(
+            start.cpu(),
+            start.cpu() if "output" in named else None,
+            [],
+            plan.fallback(new_ids),
+            plan.selected,
+            0,
+            0,
+            0,
+        )
     started = time.monotonic()
     with_output = config.output_weight > 0
     targets = teacher_targets(model, plan.contexts, base_len, pad, config.batch_size, with_output)
@@ -509,16 +628,29 @@ def distill(
     if state:
         log(f"resuming distillation at step {first_step} of {total_steps}")
     order_rng = random.Random(config.seed)
-    orders = [order_rng.sample(range(len(plan.contexts)), len(plan.contexts)) for _ in range(math.ceil(total_steps / steps_per_epoch))]
+    orders = [
+        order_rng.sample(range(len(plan.contexts)), len(plan.contexts))
+        for _ in range(math.ceil(total_steps / steps_per_epoch))
+    ]
     weight = config.output_weight
-    projector = output_preserving_projector(targets, config.keep_output, device) if config.mode == "tied" else None
+    projector = (
+        output_preserving_projector(targets, config.keep_output, device)
+        if config.mode == "tied"
+        else None
+    )
     loop_started, student_tokens = time.monotonic(), 0
     for step in range(first_step, total_steps):
         epoch, offset = divmod(step, steps_per_epoch)
         indices = orders[epoch][offset * config.batch_size : (offset + 1) * config.batch_size]
         select = torch.nonzero(torch.isin(targets.context, torch.tensor(indices))).squeeze(-1)
-        hidden_loss = input_loss(model, plan.contexts, indices, named["input"], targets, base_len, pad)
-        predict_loss = output_loss(named.get("output", named["input"]), targets, select, cap) if with_output else torch.zeros(())
+        hidden_loss = input_loss(
+            model, plan.contexts, indices, named["input"], targets, base_len, pad
+        )
+        predict_loss = (
+            output_loss(named.get("output", named["input"]), targets, select, cap)
+            if with_output
+            else torch.zeros(())
+        )
         optimizer.zero_grad(set_to_none=True)
         (hidden_loss + weight * predict_loss).backward()
         optimizer.step()
@@ -526,15 +658,31 @@ def distill(
             with torch.no_grad():
                 named["input"].copy_(start + (named["input"] - start) @ projector)
         student_tokens += sum(len(plan.contexts[i].student) for i in indices)
-        history.append({"step": step + 1, "hidden_loss": round(hidden_loss.item(), 5), "output_loss": round(predict_loss.item(), 5)})
-        if checkpoint_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == total_steps):
-            _save_checkpoint(checkpoint_dir, named, optimizer, {"key": key, "step": step + 1, "history": history})
+        history.append(
+            {
+                "step": step + 1,
+                "hidden_loss": round(hidden_loss.item(), 5),
+                "output_loss": round(predict_loss.item(), 5),
+            }
+        )
+        if checkpoint_dir and (
+            (step + 1) % config.checkpoint_every == 0 or step + 1 == total_steps
+        ):
+            _save_checkpoint(
+                checkpoint_dir, named, optimizer, {"key": key, "step": step + 1, "history": history}
+            )
         if (step + 1) % max(1, total_steps // 10) == 0:
-            log(f"distill step {step + 1}/{total_steps}: hidden {hidden_loss.item():.4f}, output {predict_loss.item():.4f}")
+            log(
+                f"distill step {step + 1}/{total_steps}: hidden {hidden_loss.item():.4f}, output {predict_loss.item():.4f}"
+            )
     loop_seconds = time.monotonic() - loop_started
     keep = torch.tensor([i in plan.distilled for i in new_ids], device=device)[:, None]
     rows = {name: torch.where(keep, value.detach(), start).cpu() for name, value in named.items()}
-    after = mean_output_loss(rows.get("output", rows["input"]).to(device), targets, cap) if with_output else float("nan")
+    after = (
+        mean_output_loss(rows.get("output", rows["input"]).to(device), targets, cap)
+        if with_output
+        else float("nan")
+    )
     stats = {
         "teacher_seconds": round(teacher_seconds, 2),
         "student_seconds": round(loop_seconds, 2),
@@ -543,11 +691,21 @@ def distill(
         "output_loss_before": round(before, 4),
         "output_loss_after": round(after, 4),
         "output_entries": len(targets.context),
-        "frozen_directions": 0 if projector is None else round(float(projector.shape[0] - torch.trace(projector))),
+        "frozen_directions": 0
+        if projector is None
+        else round(float(projector.shape[0] - torch.trace(projector))),
     }
     return DistillResult(
-        rows["input"], rows.get("output"), sorted(plan.distilled), plan.fallback(new_ids), plan.selected,
-        len(plan.contexts), total_steps, first_step, history, stats,
+        rows["input"],
+        rows.get("output"),
+        sorted(plan.distilled),
+        plan.fallback(new_ids),
+        plan.selected,
+        len(plan.contexts),
+        total_steps,
+        first_step,
+        history,
+        stats,
     )
 
 
@@ -560,7 +718,9 @@ def apply(model: Any, result: DistillResult, base_len: int) -> None:
     if result.output_rows is not None:
         head = model.get_output_embeddings().weight
         if head.data_ptr() == embedding.data_ptr():
-            raise ValueError("untied output rows need a model whose output projection is not tied to its input embeddings")
+            raise ValueError(
+                "untied output rows need a model whose output projection is not tied to its input embeddings"
+            )
         head[base_len : base_len + count] = result.output_rows.to(head.device, head.dtype)
 
 
@@ -572,7 +732,15 @@ def save_rows(directory: Path, result: DistillResult) -> None:
     if result.output_rows is not None:
         tensors["output"] = result.output_rows.contiguous()
     save_file(tensors, str(directory / ROWS_FILE))
-    (directory / IDS_FILE).write_text(json.dumps({"distilled": result.distilled, "fallback": result.fallback, "selected": result.selected}))
+    (directory / IDS_FILE).write_text(
+        json.dumps(
+            {
+                "distilled": result.distilled,
+                "fallback": result.fallback,
+                "selected": result.selected,
+            }
+        )
+    )
 
 
 def load_rows(directory: Path, expected_rows: int) -> DistillResult:
@@ -580,9 +748,22 @@ def load_rows(directory: Path, expected_rows: int) -> DistillResult:
     from safetensors.torch import load_file
 
     if not (directory / ROWS_FILE).exists():
-        raise FileNotFoundError(f"{directory / ROWS_FILE}: no distilled rows; materialize distilled_embeddings for this variant first")
+        raise FileNotFoundError(
+            f"{directory / ROWS_FILE}: no distilled rows; materialize distilled_embeddings for this variant first"
+        )
     tensors = load_file(str(directory / ROWS_FILE))
     if tensors["input"].shape[0] != expected_rows:
-        raise ValueError(f"{directory / ROWS_FILE}: {tensors['input'].shape[0]} rows, but the tokenizer has {expected_rows} new tokens; re-materialize distilled_embeddings")
+        raise ValueError(
+            f"{directory / ROWS_FILE}: {tensors['input'].shape[0]} rows, but the tokenizer has {expected_rows} new tokens; re-materialize distilled_embeddings"
+        )
     ids = read_json(directory / IDS_FILE)
-    return DistillResult(tensors["input"], tensors.get("output"), ids["distilled"], ids["fallback"], ids["selected"], 0, 0, 0)
+    return DistillResult(
+        tensors["input"],
+        tensors.get("output"),
+        ids["distilled"],
+        ids["fallback"],
+        ids["selected"],
+        0,
+        0,
+        0,
+    )

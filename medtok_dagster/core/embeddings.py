@@ -59,7 +59,9 @@ def _subtoken_texts(tokens: Sequence[NewToken]) -> list[str]:
     return [t.token.replace(WORD_BOUNDARY, " ") for t in tokens]
 
 
-def plan_init(tokens: Sequence[NewToken], strategy: str, base_tokenizer: Any, base_len: int) -> InitPlan:
+def plan_init(
+    tokens: Sequence[NewToken], strategy: str, base_tokenizer: Any, base_len: int
+) -> InitPlan:
     """Decide every row's method and source ids; the fallback for an empty source is ``mean``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown init strategy {strategy!r}; choose one of {STRATEGIES}")
@@ -75,15 +77,24 @@ def plan_init(tokens: Sequence[NewToken], strategy: str, base_tokenizer: Any, ba
         elif strategy == "description_mean":
             choice = [("description_mean", desc)]
         else:
-            prefer_description = token.source in DESCRIPTION_FIRST_SOURCES or token.description_method in DESCRIPTION_FIRST_METHODS
-            choice = [("description_mean", desc), ("subtoken_mean", sub)] if prefer_description else [("subtoken_mean", sub), ("description_mean", desc)]
+            prefer_description = (
+                token.source in DESCRIPTION_FIRST_SOURCES
+                or token.description_method in DESCRIPTION_FIRST_METHODS
+            )
+            choice = (
+                [("description_mean", desc), ("subtoken_mean", sub)]
+                if prefer_description
+                else [("subtoken_mean", sub), ("description_mean", desc)]
+            )
         method, source = next(((m, s) for m, s in choice if s), ("mean", []))
         methods.append(method)
         sources.append(source)
     return InitPlan(ids, methods, sources)
 
 
-def _rows(matrix: torch.Tensor, plan: InitPlan, base_len: int, generator: torch.Generator) -> torch.Tensor:
+def _rows(
+    matrix: torch.Tensor, plan: InitPlan, base_len: int, generator: torch.Generator
+) -> torch.Tensor:
     """New rows for one matrix (input or untied output embeddings), computed in one pass."""
     base = matrix[:base_len]
     mean = base.float().mean(dim=0)
@@ -106,7 +117,10 @@ def _rows(matrix: torch.Tensor, plan: InitPlan, base_len: int, generator: torch.
 def embeddings_tied(model: Any) -> bool:
     """True if the output projection shares storage with the input embeddings."""
     output = model.get_output_embeddings()
-    return output is not None and output.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    return (
+        output is not None
+        and output.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    )
 
 
 def resize_for(model: Any, new_len: int) -> int:
@@ -131,11 +145,16 @@ def apply_init(model: Any, plan: InitPlan, base_len: int, seed: int = 0) -> dict
 
 
 @torch.no_grad()
-def apply_init_loop(model: Any, tokens: Sequence[NewToken], base_tokenizer: Any, base_len: int) -> None:
+def apply_init_loop(
+    model: Any, tokens: Sequence[NewToken], base_tokenizer: Any, base_len: int
+) -> None:
     """The prototype's per-token loop (description mean, mean fallback): the benchmark baseline only."""
     embedding = model.get_input_embeddings().weight
     mean = embedding[:base_len].mean(dim=0)
     for token in tokens:
-        ids = [i for i in base_tokenizer.encode(token.description, add_special_tokens=False) if i < base_len]
+        ids = [
+            i
+            for i in base_tokenizer.encode(token.description, add_special_tokens=False)
+            if i < base_len
+        ]
         embedding[token.token_id] = embedding[ids].mean(dim=0) if ids else mean
-

@@ -27,17 +27,36 @@ class EvalTexts:
 
 
 def evaluate_stage(
-    stage: str, model: Any, tokenizer: Any, texts: EvalTexts, prefill_repeats: int = 3, token_budget: int = lm_metrics.DEFAULT_TOKEN_BUDGET
+    stage: str,
+    model: Any,
+    tokenizer: Any,
+    texts: EvalTexts,
+    prefill_repeats: int = 3,
+    token_budget: int = lm_metrics.DEFAULT_TOKEN_BUDGET,
 ) -> list[dict[str, Any]]:
     """One row per text type; the exam row (question texts, scored in the same pass as their options) also carries accuracy and prefill speed."""
     exam = lm_metrics.score_exam(model, tokenizer, texts.questions)
     speed = lm_metrics.prefill_speed(model, tokenizer, texts.prefill, repeats=prefill_repeats)
-    rows = [{
-        "stage": stage, "text_type": EXAM_TEXT, **exam.questions.as_row(), **lm_metrics.exam_accuracy(texts.questions, exam.options).as_row(),
-        "prefill_chars_per_second": round(speed.chars_per_second, 1), "prefill_tokens_per_second": round(speed.tokens_per_second, 1),
-    }]
+    rows = [
+        {
+            "stage": stage,
+            "text_type": EXAM_TEXT,
+            **exam.questions.as_row(),
+            **lm_metrics.exam_accuracy(texts.questions, exam.options).as_row(),
+            "prefill_chars_per_second": round(speed.chars_per_second, 1),
+            "prefill_tokens_per_second": round(speed.tokens_per_second, 1),
+        }
+    ]
     for text_type, items in texts.by_type.items():
-        rows.append({"stage": stage, "text_type": text_type, **lm_metrics.score_texts(model, tokenizer, items, token_budget=token_budget).as_row()})
+        rows.append(
+            {
+                "stage": stage,
+                "text_type": text_type,
+                **lm_metrics.score_texts(
+                    model, tokenizer, items, token_budget=token_budget
+                ).as_row(),
+            }
+        )
     return rows
 
 
@@ -66,5 +85,14 @@ def verdict(rows: list[dict[str, Any]]) -> Verdict:
     exam = {r["stage"]: r for r in rows if r["text_type"] == EXAM_TEXT}
     base, trained = exam["base"], exam["trained"]
     interval = (base["accuracy_ci_low"], base["accuracy_ci_high"])
-    passed = trained["bits_per_char"] <= base["bits_per_char"] and trained["accuracy"] >= interval[0]
-    return Verdict(passed, base["bits_per_char"], trained["bits_per_char"], base["accuracy"], interval, trained["accuracy"])
+    passed = (
+        trained["bits_per_char"] <= base["bits_per_char"] and trained["accuracy"] >= interval[0]
+    )
+    return Verdict(
+        passed,
+        base["bits_per_char"],
+        trained["bits_per_char"],
+        base["accuracy"],
+        interval,
+        trained["accuracy"],
+    )

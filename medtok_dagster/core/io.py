@@ -52,7 +52,9 @@ class SkipReport:
     def add(self, reason: str, path: Path, line: int | None) -> None:
         self.counts[reason] += 1
         if len(self.examples) < self.max_examples:
-            self.examples.append(f"{path}:{line}: {reason}" if line is not None else f"{path}: {reason}")
+            self.examples.append(
+                f"{path}:{line}: {reason}" if line is not None else f"{path}: {reason}"
+            )
 
     def merge(self, other: SkipReport) -> None:
         self.counts.update(other.counts)
@@ -75,10 +77,14 @@ def require_nonempty_file(path: Path) -> None:
         raise InputError(path, None, "file is empty")
 
 
-def _decode_line(raw: bytes, path: Path, line_no: int, lenient: bool, skips: SkipReport) -> str | None:
+def _decode_line(
+    raw: bytes, path: Path, line_no: int, lenient: bool, skips: SkipReport
+) -> str | None:
     if line_no == 1 and raw.startswith(UTF8_BOM):
         if not lenient:
-            raise InputError(path, line_no, "UTF-8 byte order mark (BOM); save the file as UTF-8 without BOM")
+            raise InputError(
+                path, line_no, "UTF-8 byte order mark (BOM); save the file as UTF-8 without BOM"
+            )
         skips.add("bom_stripped", path, line_no)
         raw = raw[len(UTF8_BOM) :]
     try:
@@ -86,15 +92,20 @@ def _decode_line(raw: bytes, path: Path, line_no: int, lenient: bool, skips: Ski
     except UnicodeDecodeError as exc:
         if not lenient:
             raise InputError(
-                path, line_no, f"not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); "
-                "re-encode the file as UTF-8 (CP949/EUC-KR files need `iconv -f cp949 -t utf-8`)"
+                path,
+                line_no,
+                f"not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 4]!r}); "
+                "re-encode the file as UTF-8 (CP949/EUC-KR files need `iconv -f cp949 -t utf-8`)",
             ) from exc
         skips.add("invalid_utf8", path, line_no)
         return None
 
 
 def iter_text_lines(
-    path: Path, lenient: bool = False, skips: SkipReport | None = None, max_line_bytes: int = 1 << 20
+    path: Path,
+    lenient: bool = False,
+    skips: SkipReport | None = None,
+    max_line_bytes: int = 1 << 20,
 ) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for each line of a UTF-8 text file, streaming.
 
@@ -108,7 +119,11 @@ def iter_text_lines(
             raw = raw.rstrip(b"\r\n")
             if len(raw) > max_line_bytes:
                 if not lenient:
-                    raise InputError(path, line_no, f"line of {len(raw):,} bytes exceeds the {max_line_bytes:,}-byte limit")
+                    raise InputError(
+                        path,
+                        line_no,
+                        f"line of {len(raw):,} bytes exceeds the {max_line_bytes:,}-byte limit",
+                    )
                 skips.add("line_too_long", path, line_no)
                 continue
             text = _decode_line(raw, path, line_no, lenient, skips)
@@ -142,12 +157,16 @@ def read_jsonl(
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             if not lenient:
-                raise InputError(path, line_no, f"malformed JSON ({exc.msg} at column {exc.colno})") from exc
+                raise InputError(
+                    path, line_no, f"malformed JSON ({exc.msg} at column {exc.colno})"
+                ) from exc
             skips.add("malformed_json", path, line_no)
             continue
         if not isinstance(data, dict):
             if not lenient:
-                raise InputError(path, line_no, f"expected a JSON object, got {type(data).__name__}")
+                raise InputError(
+                    path, line_no, f"expected a JSON object, got {type(data).__name__}"
+                )
             skips.add("not_an_object", path, line_no)
             continue
         missing = [name for name in required if name not in data or data[name] is None]
@@ -158,7 +177,9 @@ def read_jsonl(
             continue
         records.append(JsonlRecord(line_no, data))
     if not records:
-        raise InputError(path, None, "no usable records (file has no JSON objects left after validation)")
+        raise InputError(
+            path, None, "no usable records (file has no JSON objects left after validation)"
+        )
     return records, skips
 
 
@@ -176,7 +197,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(path, exc.lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from exc
+        raise InputError(
+            path, exc.lineno, f"malformed JSON ({exc.msg} at column {exc.colno})"
+        ) from exc
 
 
 _TEMPORARY = re.compile(r"\.(?P<final>.+)\.(?:tmp|old)-[0-9a-f]{8}-(?P<pid>\d+)@(?P<host>[^@/]+)")
@@ -186,7 +209,10 @@ _RENAME_EXCHANGE = 2
 
 
 def _temp_sibling(final: Path, kind: str) -> Path:
-    return final.parent / f".{final.name}.{kind}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
+    return (
+        final.parent
+        / f".{final.name}.{kind}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -232,7 +258,13 @@ def _renameat2() -> Any:
         return None
     function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
     if function is not None:
-        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        function.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_uint,
+        ]
     return function
 
 
@@ -241,7 +273,10 @@ def _exchange(first: Path, second: Path) -> bool:
     renameat2 = _renameat2()
     if renameat2 is None:
         return False
-    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+    if (
+        renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+        == 0
+    ):
         return True
     code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):

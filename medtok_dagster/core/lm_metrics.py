@@ -39,13 +39,17 @@ def encode_plain(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 def bos_id(tokenizer: Any) -> int:
     """The id every scored sequence starts with; a tokenizer without one cannot be scored fairly."""
     if tokenizer.bos_token_id is None:
-        raise ValueError("the tokenizer has no <bos> token; sequences must start the way inference starts them")
+        raise ValueError(
+            "the tokenizer has no <bos> token; sequences must start the way inference starts them"
+        )
     return int(tokenizer.bos_token_id)
 
 
 def pad_id(tokenizer: Any) -> int:
     """Padding id (never scored): the tokenizer's pad token, else its eos."""
-    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    return int(
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,13 @@ class Window:
     first_scored: int
 
 
-def windows(source: int, ids: Sequence[int], bos: int, window: int = DEFAULT_WINDOW, stride: int | None = None) -> list[Window]:
+def windows(
+    source: int,
+    ids: Sequence[int],
+    bos: int,
+    window: int = DEFAULT_WINDOW,
+    stride: int | None = None,
+) -> list[Window]:
     """Cut ``[<bos>] + ids`` into windows that score every token of ``ids`` exactly once.
 
     The first window starts at ``<bos>``. A later one starts with ``<bos>`` too, followed by up to
@@ -100,7 +110,9 @@ def model_device(model: Any) -> torch.device:
 
 
 @torch.no_grad()
-def scored_logprobs(model: Any, items: Sequence[Window], pad: int, token_budget: int = DEFAULT_TOKEN_BUDGET) -> list[torch.Tensor]:
+def scored_logprobs(
+    model: Any, items: Sequence[Window], pad: int, token_budget: int = DEFAULT_TOKEN_BUDGET
+) -> list[torch.Tensor]:
     """Log-probability of every scored token of every window (float64 on the CPU, in input order).
 
     Right padding with an attention mask: in a causal model a real token never sees a pad, so a
@@ -119,9 +131,22 @@ def scored_logprobs(model: Any, items: Sequence[Window], pad: int, token_budget:
             input_ids[row, : len(item.ids)] = torch.tensor(item.ids)
             attention[row, : len(item.ids)] = 1
             keep[row, item.first_scored - 1 : len(item.ids) - 1] = True
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), logits_to_keep=keep.to(device), use_cache=False).logits
-        targets = torch.cat([torch.tensor(w.ids[w.first_scored :]) for w in batch]).to(logits.device)
-        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1).double().cpu()
+        logits = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            logits_to_keep=keep.to(device),
+            use_cache=False,
+        ).logits
+        targets = torch.cat([torch.tensor(w.ids[w.first_scored :]) for w in batch]).to(
+            logits.device
+        )
+        logprobs = (
+            torch.log_softmax(logits.float(), dim=-1)
+            .gather(-1, targets[:, None])
+            .squeeze(-1)
+            .double()
+            .cpu()
+        )
         offset = 0
         for item in batch:
             count = len(item.ids) - item.first_scored
@@ -165,19 +190,35 @@ class TextScore:
 
 
 def text_bits(
-    model: Any, tokenizer: Any, texts: Sequence[str], window: int = DEFAULT_WINDOW, stride: int | None = None, token_budget: int = DEFAULT_TOKEN_BUDGET
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    window: int = DEFAULT_WINDOW,
+    stride: int | None = None,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
 ) -> list[float]:
     """Negative log-likelihood of each text in bits, every token scored once from ``<bos>``."""
     bos = bos_id(tokenizer)
-    items = [w for i, ids in enumerate(encode_plain(tokenizer, texts)) for w in windows(i, ids, bos, window, stride)]
+    items = [
+        w
+        for i, ids in enumerate(encode_plain(tokenizer, texts))
+        for w in windows(i, ids, bos, window, stride)
+    ]
     bits = [0.0] * len(texts)
-    for item, logprobs in zip(items, scored_logprobs(model, items, pad_id(tokenizer), token_budget)):
+    for item, logprobs in zip(
+        items, scored_logprobs(model, items, pad_id(tokenizer), token_budget)
+    ):
         bits[item.source] -= float(logprobs.sum()) / math.log(2)
     return bits
 
 
 def score_texts(
-    model: Any, tokenizer: Any, texts: Sequence[str], window: int = DEFAULT_WINDOW, stride: int | None = None, token_budget: int = DEFAULT_TOKEN_BUDGET
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    window: int = DEFAULT_WINDOW,
+    stride: int | None = None,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
 ) -> TextScore:
     """Bits per character (and tokens per character) of ``model`` on ``texts``: the fair metric."""
     texts = [t for t in texts if t]
@@ -195,11 +236,17 @@ class Question:
     answer: int
 
 
-def questions_from_records(records: Sequence[Mapping[str, Any]], option_fields: Sequence[str] = ("A", "B", "C", "D", "E")) -> list[Question]:
+def questions_from_records(
+    records: Sequence[Mapping[str, Any]], option_fields: Sequence[str] = ("A", "B", "C", "D", "E")
+) -> list[Question]:
     """KorMedMCQA records (``answer`` 1-based) as :class:`Question` objects; records without a valid answer are left out."""
     out = []
     for record in records:
-        options = tuple(str(record[f]) for f in option_fields if isinstance(record.get(f), str) and record[f].strip())
+        options = tuple(
+            str(record[f])
+            for f in option_fields
+            if isinstance(record.get(f), str) and record[f].strip()
+        )
         answer = record.get("answer")
         if isinstance(answer, int) and 1 <= answer <= len(options):
             out.append(Question(str(record["question"]), options, answer - 1))
@@ -224,12 +271,16 @@ class ExamScores:
 
 def _bits(logits: torch.Tensor, targets: Sequence[int]) -> float:
     """Negative log-likelihood in bits of ``targets`` under ``logits`` (one row per target)."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, torch.tensor(targets, dtype=torch.long, device=logits.device)[:, None])
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(
+        -1, torch.tensor(targets, dtype=torch.long, device=logits.device)[:, None]
+    )
     return -float(logprobs.double().sum()) / math.log(2)
 
 
 @torch.no_grad()
-def _score_question(model: Any, bos: int, question: list[int], prompt: list[int], options: list[list[int]], pad: int) -> tuple[float, list[float]]:
+def _score_question(
+    model: Any, bos: int, question: list[int], prompt: list[int], options: list[list[int]], pad: int
+) -> tuple[float, list[float]]:
     """One question: its own bits (every token from ``<bos>``), then each option's log-likelihood.
 
     The question runs once and is scored as :func:`score_texts` scores it; its KV cache, extended by
@@ -237,10 +288,19 @@ def _score_question(model: Any, bos: int, question: list[int], prompt: list[int]
     computed only at the positions that predict option tokens.
     """
     device = model_device(model)
-    head = model(input_ids=torch.tensor([[bos, *question]], device=device), use_cache=True, logits_to_keep=len(question) + 1)
+    head = model(
+        input_ids=torch.tensor([[bos, *question]], device=device),
+        use_cache=True,
+        logits_to_keep=len(question) + 1,
+    )
     cache = head.cache if hasattr(head, "cache") else head.past_key_values
     question_bits = _bits(head.logits[0, :-1], question)
-    prefix = model(input_ids=torch.tensor([prompt], device=device), cache=cache, use_cache=True, logits_to_keep=1)
+    prefix = model(
+        input_ids=torch.tensor([prompt], device=device),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
     cache.batch_repeat_interleave(len(options))
     first = torch.log_softmax(prefix.logits[0, -1].float(), dim=-1)
@@ -258,11 +318,23 @@ def _score_question(model: Any, bos: int, question: list[int], prompt: list[int]
     sums = [float(first[o[0]]) for o in options]
     if longest > 1:
         logits = model(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), position_ids=position_ids.to(device),
-            cache=cache, use_cache=True, logits_to_keep=keep.to(device),
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=position_ids.to(device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=keep.to(device),
         ).logits
-        targets = torch.cat([torch.tensor(o[1:], dtype=torch.long) for o in options]).to(logits.device)
-        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1).double().cpu()
+        targets = torch.cat([torch.tensor(o[1:], dtype=torch.long) for o in options]).to(
+            logits.device
+        )
+        logprobs = (
+            torch.log_softmax(logits.float(), dim=-1)
+            .gather(-1, targets[:, None])
+            .squeeze(-1)
+            .double()
+            .cpu()
+        )
         offset = 0
         for row, option in enumerate(options):
             sums[row] += float(logprobs[offset : offset + len(option) - 1].sum())
@@ -315,7 +387,9 @@ def score_options_naive(model: Any, tokenizer: Any, questions: Sequence[Question
             row = []
             for option in option_ids:
                 ids = torch.tensor([[bos, *context_ids, *option]], device=model_device(model))
-                all_logprobs = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), dim=-1)
+                all_logprobs = torch.log_softmax(
+                    model(input_ids=ids, use_cache=False).logits[0].float(), dim=-1
+                )
                 positions = torch.arange(len(context_ids), len(context_ids) + len(option))
                 row.append(float(all_logprobs[positions, ids[0, positions + 1]].double().sum()))
             logprobs.append(row)
@@ -370,9 +444,13 @@ class ExamAccuracy:
 def exam_accuracy(questions: Sequence[Question], scores: OptionScores) -> ExamAccuracy:
     """Pick, per question, the option with the highest log-likelihood per character (and summed)."""
     per_char = sum(
-        max(range(len(lp)), key=lambda i: lp[i] / max(ch[i], 1)) == q.answer for q, lp, ch in zip(questions, scores.logprobs, scores.chars)
+        max(range(len(lp)), key=lambda i: lp[i] / max(ch[i], 1)) == q.answer
+        for q, lp, ch in zip(questions, scores.logprobs, scores.chars)
     )
-    summed = sum(max(range(len(lp)), key=lambda i: lp[i]) == q.answer for q, lp in zip(questions, scores.logprobs))
+    summed = sum(
+        max(range(len(lp)), key=lambda i: lp[i]) == q.answer
+        for q, lp in zip(questions, scores.logprobs)
+    )
     chance = statistics.fmean(1 / len(q.options) for q in questions) if questions else 0.0
     return ExamAccuracy(len(questions), int(per_char), int(summed), chance)
 
@@ -389,7 +467,9 @@ class PrefillSpeed:
 
 
 @torch.no_grad()
-def prefill_speed(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 8, repeats: int = 3) -> PrefillSpeed:
+def prefill_speed(
+    model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 8, repeats: int = 3
+) -> PrefillSpeed:
     """Time the forward pass over ``texts`` as serving does it: prompt in, logits for the last token only.
 
     A shorter sequence is the point of a bigger vocabulary, so this is measured in characters per
@@ -416,8 +496,12 @@ def prefill_speed(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: 
         return time.perf_counter() - started
 
     if batches:
-        model(input_ids=batches[0][0], attention_mask=batches[0][1], logits_to_keep=1, use_cache=False)
+        model(
+            input_ids=batches[0][0], attention_mask=batches[0][1], logits_to_keep=1, use_cache=False
+        )
     seconds = statistics.median(one_pass() for _ in range(repeats))
     tokens = sum(len(s) for s in sequences)
     chars = sum(len(t) for t in texts)
-    return PrefillSpeed(chars / max(seconds, 1e-9), tokens / max(seconds, 1e-9), seconds, tokens, chars)
+    return PrefillSpeed(
+        chars / max(seconds, 1e-9), tokens / max(seconds, 1e-9), seconds, tokens, chars
+    )

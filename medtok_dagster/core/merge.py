@@ -18,7 +18,12 @@ from medtok_dagster.core import training
 from medtok_dagster.core.io import atomic_write_json, atomic_write_text, read_json
 
 MERGE_INFO = "medtok_merge.json"
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "chat_template.json", "chat_template.jinja")
+PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+)
 """Configs an image-text base needs beside the tokenizer to be served with images (data, never code)."""
 
 
@@ -26,13 +31,13 @@ def merged_card(info: dict[str, Any], final_dir: Path) -> str:
     """README.md of the merged directory, with a load snippet that runs as written."""
     return f"""---
 library_name: transformers
-base_model: {info['base_model']}
+base_model: {info["base_model"]}
 tags: [medtok, korean, medical]
 ---
-# medtok merged model: {info['variant']} × {info['profile']}
+# medtok merged model: {info["variant"]} × {info["profile"]}
 
-`{info['base_model']}` extended with {info['new_tokens']} Korean medical tokens (variant `{info['variant']}`),
-new rows initialised with `{info['strategy']}`, trained with LoRA, and merged: a plain
+`{info["base_model"]}` extended with {info["new_tokens"]} Korean medical tokens (variant `{info["variant"]}`),
+new rows initialised with `{info["strategy"]}`, trained with LoRA, and merged: a plain
 `save_pretrained` directory that serves as it is (vLLM, TGI, transformers). Its held-out bits per
 character, exam accuracy and prefill speed beside the base model are in the `model_evaluation` asset.
 
@@ -56,14 +61,21 @@ def copy_processor_files(source: core_base_model.BaseModelSource, out_dir: Path)
 
     copied = []
     for name in PROCESSOR_FILES:
-        path = cached_file(source.load_from, name, local_files_only=source.is_local, _raise_exceptions_for_missing_entries=False)
+        path = cached_file(
+            source.load_from,
+            name,
+            local_files_only=source.is_local,
+            _raise_exceptions_for_missing_entries=False,
+        )
         if path:
             shutil.copyfile(path, out_dir / name)
             copied.append(name)
     return copied
 
 
-def merge_adapter(source: core_base_model.BaseModelSource, adapter_dir: Path, out_dir: Path, final_dir: Path) -> dict[str, Any]:
+def merge_adapter(
+    source: core_base_model.BaseModelSource, adapter_dir: Path, out_dir: Path, final_dir: Path
+) -> dict[str, Any]:
     """Base + adapter → one merged model saved into ``out_dir`` (to be renamed to ``final_dir``)."""
     device, dtype = training.compute_settings()
     info = read_json(adapter_dir / training.INIT_INFO)

@@ -66,7 +66,11 @@ def measure(tokenizer: Any, texts: Sequence[str]) -> Efficiency:
     )
 
 
-def efficiency_table(tokenizers: Mapping[str, Any], texts_by_type: Mapping[str, Sequence[str]], baseline: str = "base") -> pd.DataFrame:
+def efficiency_table(
+    tokenizers: Mapping[str, Any],
+    texts_by_type: Mapping[str, Sequence[str]],
+    baseline: str = "base",
+) -> pd.DataFrame:
     """One row per tokenizer × text type; ``ratio_vs_base`` > 1 means fewer tokens than the base."""
     rows = []
     for text_type, texts in texts_by_type.items():
@@ -94,7 +98,12 @@ def efficiency_table(tokenizers: Mapping[str, Any], texts_by_type: Mapping[str, 
 def mcq_eval_texts(records: Sequence[Mapping[str, Any]], is_special: Any) -> dict[str, list[str]]:
     """Held-out MCQ text split by type: question sentences, option terms, symbol snippets."""
     questions = [r["question"] for r in records if isinstance(r.get("question"), str)]
-    options = [r[f] for r in records for f in MCQ_OPTION_FIELDS if isinstance(r.get(f), str) and r[f].strip()]
+    options = [
+        r[f]
+        for r in records
+        for f in MCQ_OPTION_FIELDS
+        if isinstance(r.get(f), str) and r[f].strip()
+    ]
     snippets = []
     for text in questions + options:
         for pos, ch in enumerate(text):
@@ -114,7 +123,9 @@ class LossReport:
     chars: int
 
 
-def heldout_loss(model: Any, tokenizer: Any, texts: Sequence[str], max_len: int = 128, batch_size: int = 4) -> LossReport:
+def heldout_loss(
+    model: Any, tokenizer: Any, texts: Sequence[str], max_len: int = 128, batch_size: int = 4
+) -> LossReport:
     """Mean next-token NLL over ``texts``; bits per character lets base and extended tokenizers compare."""
     import math
 
@@ -124,14 +135,27 @@ def heldout_loss(model: Any, tokenizer: Any, texts: Sequence[str], max_len: int 
     total_nll, total_tokens = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=max_len)
+            batch = tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_len,
+            )
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             logits = model(**batch).logits.float()
             shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(logits.device)
-            nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+            nll = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]),
+                shift_labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
             total_nll += nll.item()
             total_tokens += int((shift_labels != -100).sum())
     loss = total_nll / max(total_tokens, 1)
     chars = sum(len(t) for t in texts)
-    return LossReport(loss, math.exp(min(loss, 50)), total_nll / math.log(2) / max(chars, 1), total_tokens, chars)
+    return LossReport(
+        loss, math.exp(min(loss, 50)), total_nll / math.log(2) / max(chars, 1), total_tokens, chars
+    )

@@ -48,7 +48,9 @@ def split_sentences(text: str) -> list[str]:
     return [part for part in (normalize(p) for p in SENTENCE_SPLIT_RE.split(text)) if part]
 
 
-def mcq_texts(record: Mapping[str, Any], fields: Iterable[str] = MCQ_TEXT_FIELDS) -> Iterator[tuple[str, str]]:
+def mcq_texts(
+    record: Mapping[str, Any], fields: Iterable[str] = MCQ_TEXT_FIELDS
+) -> Iterator[tuple[str, str]]:
     """Yield ``(field, text)`` for the text fields of a KorMedMCQA record that are present."""
     for name in fields:
         value = record.get(name)
@@ -84,7 +86,10 @@ class Leak:
 
 
 def find_leaks(
-    held_out: Mapping[str, str], training_texts: Iterable[str], size: int = 8, threshold: float = 0.5
+    held_out: Mapping[str, str],
+    training_texts: Iterable[str],
+    size: int = 8,
+    threshold: float = 0.5,
 ) -> tuple[list[Leak], int]:
     """Report held-out questions with at least ``threshold`` of their shingles in the training texts.
 

@@ -102,7 +102,9 @@ class BasePieces:
         """The base merges as pairs (parsed once, only when the ``bpe_merge`` strategy needs them)."""
         if self._merge_pairs is None:
             merges = json.loads(self._backend.to_str())["model"].get("merges", [])
-            self._merge_pairs = {tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges}
+            self._merge_pairs = {
+                tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges
+            }
         return self._merge_pairs
 
     def __call__(self, text: str) -> tuple[str, ...]:
@@ -199,9 +201,17 @@ class BpeMergeSim:
         for width in range(2, k + 1):
             for i in range(k - width + 1):
                 j = i + width
-                best = min(range(i + 1, j), key=lambda m: (cost[(i, m)] + cost[(m, j)], -self._known(text[(i, m)]) - self._known(text[(m, j)])))
+                best = min(
+                    range(i + 1, j),
+                    key=lambda m: (
+                        cost[(i, m)] + cost[(m, j)],
+                        -self._known(text[(i, m)]) - self._known(text[(m, j)]),
+                    ),
+                )
                 split[(i, j)] = best
-                cost[(i, j)] = cost[(i, best)] + cost[(best, j)] + (0 if self._known(text[(i, j)]) else 1)
+                cost[(i, j)] = (
+                    cost[(i, best)] + cost[(best, j)] + (0 if self._known(text[(i, j)]) else 1)
+                )
         rules: list[MergeRule] = []
 
         def emit(i: int, j: int) -> None:
@@ -289,7 +299,13 @@ class Selection:
         for choice in self.choices:
             used += len(choice.entries)
             saved += choice.gain
-            rows.append({"entries": used, "saved_tokens": saved, "estimated_ratio": self.base_tokens / max(self.base_tokens - saved, 1.0)})
+            rows.append(
+                {
+                    "entries": used,
+                    "saved_tokens": saved,
+                    "estimated_ratio": self.base_tokens / max(self.base_tokens - saved, 1.0),
+                }
+            )
         return pd.DataFrame(rows, columns=["entries", "saved_tokens", "estimated_ratio"])
 
 
@@ -312,7 +328,12 @@ class UnitIndex:
     def gain(self, form: str, sim: Simulator) -> float:
         """Tokens saved on the corpus if ``form`` were accepted now."""
         affected = {i for string in sim.related(form) for i in self.containing.get(string, ())}
-        return float(sum(self.freq[i] * (self.cost[i] - sim.cost(self.units[i], extra=form)) for i in affected))
+        return float(
+            sum(
+                self.freq[i] * (self.cost[i] - sim.cost(self.units[i], extra=form))
+                for i in affected
+            )
+        )
 
     def refresh(self, affected: Iterable[int], sim: Simulator) -> None:
         for i in affected:
@@ -337,7 +358,9 @@ class Candidate:
     source: str
 
 
-def candidate_forms(candidates: Sequence[Candidate], base_vocab: dict[str, int], taken: set[str]) -> tuple[dict[str, Candidate], int]:
+def candidate_forms(
+    candidates: Sequence[Candidate], base_vocab: dict[str, int], taken: set[str]
+) -> tuple[dict[str, Candidate], int]:
     """Both forms of each candidate, minus strings already in the base vocabulary or already taken.
 
     Returns the form → candidate map and how many forms were dropped because the base has them
@@ -349,7 +372,11 @@ def candidate_forms(candidates: Sequence[Candidate], base_vocab: dict[str, int],
         for form in selectable_forms(candidate):
             if form in base_vocab:
                 in_base += 1
-            elif form not in taken and form not in forms and (has_hangul(form) or candidate.source == "notation"):
+            elif (
+                form not in taken
+                and form not in forms
+                and (has_hangul(form) or candidate.source == "notation")
+            ):
                 forms[form] = candidate
     return forms, in_base
 
@@ -390,7 +417,11 @@ def greedy_select(
     while heap and used + len(pending) < budget:
         _, form = heapq.heappop(heap)
         cost = sim.vocab_cost(form)
-        if cost == 0 or cost > budget - used - len(pending) + (form in pending) or _recreates(form, sim, taken):
+        if (
+            cost == 0
+            or cost > budget - used - len(pending) + (form in pending)
+            or _recreates(form, sim, taken)
+        ):
             continue
         gain = index.gain(form, sim)
         if gain <= 0:
@@ -414,7 +445,14 @@ def _recreates(form: str, sim: Simulator, taken: set[str]) -> bool:
     return bool(taken) and not taken.isdisjoint(sim.related(form))
 
 
-def _accept(selection: Selection, index: UnitIndex, sim: Simulator, form: str, candidate: Candidate, gain: float) -> int:
+def _accept(
+    selection: Selection,
+    index: UnitIndex,
+    sim: Simulator,
+    form: str,
+    candidate: Candidate,
+    gain: float,
+) -> int:
     """Add ``form`` to the simulator, update affected unit costs, record it; returns entries used."""
     touched = sim.related(form)
     entries = sim.accept(form)
@@ -433,7 +471,9 @@ def make_simulator(strategy: str, base: BasePieces, fixed_tokens: Iterable[str])
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
 
 
-def tier1_added_tokens(tokens: Sequence[str], base_vocab: dict[str, int]) -> tuple[list[str], list[str]]:
+def tier1_added_tokens(
+    tokens: Sequence[str], base_vocab: dict[str, int]
+) -> tuple[list[str], list[str]]:
     """Tier-1 tokens to add verbatim, and those skipped because the base vocabulary has them.
 
     A space inside a structural token (``- 평가기준:``) is stored as ``▁`` so it matches Gemma's
@@ -446,21 +486,32 @@ def tier1_added_tokens(tokens: Sequence[str], base_vocab: dict[str, int]) -> tup
     return keep, skipped
 
 
-def _bpe_merge_tokenizer_json(base_json: str, merges: Sequence[MergeRule], entries: Sequence[str], first_id: int) -> str:
+def _bpe_merge_tokenizer_json(
+    base_json: str, merges: Sequence[MergeRule], entries: Sequence[str], first_id: int
+) -> str:
     data = json.loads(base_json)
     model = data["model"]
     if model.get("type") != "BPE":
-        raise ValueError(f"bpe_merge needs a BPE tokenizer model, got {model.get('type')!r}; use added_tokens")
+        raise ValueError(
+            f"bpe_merge needs a BPE tokenizer model, got {model.get('type')!r}; use added_tokens"
+        )
     vocab = model["vocab"]
     for offset, entry in enumerate(entries):
         vocab[entry] = first_id + offset
     pair_as_list = bool(model["merges"]) and isinstance(model["merges"][0], list)
-    model["merges"].extend([[m.left, m.right] if pair_as_list else f"{m.left} {m.right}" for m in merges])
+    model["merges"].extend(
+        [[m.left, m.right] if pair_as_list else f"{m.left} {m.right}" for m in merges]
+    )
     return json.dumps(data, ensure_ascii=False)
 
 
 def build_extended_tokenizer(
-    base_tokenizer: Any, strategy: str, tier1: Sequence[str], selection: Selection, merges: Sequence[MergeRule], out_dir: Path
+    base_tokenizer: Any,
+    strategy: str,
+    tier1: Sequence[str],
+    selection: Selection,
+    merges: Sequence[MergeRule],
+    out_dir: Path,
 ) -> Any:
     """Write an extended tokenizer to ``out_dir`` (a staging directory) and return it reloaded.
 
@@ -474,7 +525,10 @@ def build_extended_tokenizer(
     if strategy == "bpe_merge":
         tokenizer_json = out_dir / "tokenizer.json"
         tokenizer_json.write_text(
-            _bpe_merge_tokenizer_json(base_tokenizer.backend_tokenizer.to_str(), merges, selection.new_entries, first_id), encoding="utf-8"
+            _bpe_merge_tokenizer_json(
+                base_tokenizer.backend_tokenizer.to_str(), merges, selection.new_entries, first_id
+            ),
+            encoding="utf-8",
         )
         for stale in ("tokenizer.model",):
             (out_dir / stale).unlink(missing_ok=True)
@@ -487,10 +541,16 @@ def build_extended_tokenizer(
 
 def new_token_ids(tokenizer: Any, base_len: int) -> dict[str, int]:
     """Every token with id ≥ ``base_len`` (added tokens and new BPE entries alike)."""
-    return {token: idx for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if idx >= base_len}
+    return {
+        token: idx
+        for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+        if idx >= base_len
+    }
 
 
-def isolated_savings(surfaces: Sequence[str], units: Counter[str], base: BasePieces) -> pd.DataFrame:
+def isolated_savings(
+    surfaces: Sequence[str], units: Counter[str], base: BasePieces
+) -> pd.DataFrame:
     """Tokens each candidate would save on its own, in each form (the ``candidate_tokens`` estimate).
 
     This is the first round of the greedy: an upper bound on what the candidate can contribute,
@@ -534,7 +594,9 @@ def mix_units(medical: Counter[str], general: Counter[str], medical_share: float
     return mixed
 
 
-def prototype_order(tier1: Sequence[str], ordered_surfaces: Sequence[str], base_tokenizer: Any) -> list[str]:
+def prototype_order(
+    tier1: Sequence[str], ordered_surfaces: Sequence[str], base_tokenizer: Any
+) -> list[str]:
     """The prototype's token list for comparison: bare strings in priority order, minus single tokens.
 
     This reproduces its mechanism (frequency/priority order, bare forms, ``len(encode) != 1`` filter)
@@ -557,15 +619,6 @@ def tokenizer_with_added(base_tokenizer: Any, tokens: Sequence[str]) -> Any:
 
     backend = Tokenizer.from_str(base_tokenizer.backend_tokenizer.to_str())
     backend.add_tokens([AddedToken(t, normalized=True, special=False) for t in tokens])
-    return backend
-
-
-def tokenizer_with_merges(base_tokenizer: Any, tier1: Sequence[str], merges: Sequence[MergeRule], entries: Sequence[str]) -> Any:
-    """An in-memory ``bpe_merge`` backend with a prefix of the merges (for budget-curve measurements)."""
-    from tokenizers import AddedToken, Tokenizer
-
-    backend = Tokenizer.from_str(_bpe_merge_tokenizer_json(base_tokenizer.backend_tokenizer.to_str(), merges, entries, len(base_tokenizer)))
-    backend.add_tokens([AddedToken(t, normalized=True, special=False) for t in tier1])
     return backend
 
 
@@ -594,7 +647,15 @@ def plan_variant(
     base = BasePieces(base_tokenizer)
     tier1, tier1_in_base = tier1_added_tokens(tier1_tokens, base.vocab)
     sim = make_simulator(strategy, base, tier1)
-    selection = greedy_select(candidates, units, sim, max(budget - len(tier1), 0), forced=forced, progress=progress, taken=tier1)
+    selection = greedy_select(
+        candidates,
+        units,
+        sim,
+        max(budget - len(tier1), 0),
+        forced=forced,
+        progress=progress,
+        taken=tier1,
+    )
     merges = sim.merges if isinstance(sim, BpeMergeSim) else []
     return VariantPlan(strategy, tier1, tier1_in_base, selection, merges)
 
@@ -604,7 +665,17 @@ def token_table(plan: VariantPlan, tokenizer: Any, tier1_sources: dict[str, str]
     vocab = tokenizer.get_vocab()
     rows = []
     for token in plan.tier1:
-        rows.append({"token": token, "surface": token, "id": vocab[token], "source": tier1_sources.get(token, "tier1"), "kind": "tier1", "saved_tokens": 0.0, "rank": 0})
+        rows.append(
+            {
+                "token": token,
+                "surface": token,
+                "id": vocab[token],
+                "source": tier1_sources.get(token, "tier1"),
+                "kind": "tier1",
+                "saved_tokens": 0.0,
+                "rank": 0,
+            }
+        )
     for rank, choice in enumerate(plan.selection.choices, start=1):
         for entry in choice.entries:
             is_final = entry == choice.form
@@ -614,12 +685,16 @@ def token_table(plan: VariantPlan, tokenizer: Any, tier1_sources: dict[str, str]
                     "surface": entry.removeprefix(WORD_BOUNDARY),
                     "id": vocab[entry],
                     "source": choice.source,
-                    "kind": ("word_initial" if entry.startswith(WORD_BOUNDARY) else "bare") if is_final else "intermediate",
+                    "kind": ("word_initial" if entry.startswith(WORD_BOUNDARY) else "bare")
+                    if is_final
+                    else "intermediate",
                     "saved_tokens": choice.gain if is_final else 0.0,
                     "rank": rank,
                 }
             )
-    return pd.DataFrame(rows, columns=["token", "surface", "id", "source", "kind", "saved_tokens", "rank"]).sort_values("id", ignore_index=True)
+    return pd.DataFrame(
+        rows, columns=["token", "surface", "id", "source", "kind", "saved_tokens", "rank"]
+    ).sort_values("id", ignore_index=True)
 
 
 def token_mapping(base_len: int, tokenizer: Any, strategy: str) -> dict[str, Any]:

@@ -46,7 +46,11 @@ def check_adapter_dir(adapter_dir: Path) -> None:
         raise AdapterError(f"{adapter_dir}: not an adapter directory (no {ADAPTER_CONFIG})")
     if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
         pickles = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        hint = f" (found pickle weights {pickles}; only safetensors adapters are loaded)" if pickles else ""
+        hint = (
+            f" (found pickle weights {pickles}; only safetensors adapters are loaded)"
+            if pickles
+            else ""
+        )
         raise AdapterError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}{hint}")
 
 
@@ -77,7 +81,9 @@ class LoraProfile:
 PROFILES: dict[str, LoraProfile] = {
     "medgemma-4b": LoraProfile("medgemma-4b", 64, 128, 0.05, True, "8bit", 2, 16, 1e-4, 1024),
     "medgemma-27b": LoraProfile("medgemma-27b", 64, 128, 0.05, False, "8bit", 1, 32, 5e-5, 512),
-    "embedded": LoraProfile("embedded", 8, 16, 0.05, True, None, 8, 4, 5e-4, 128, gradient_checkpointing=False),
+    "embedded": LoraProfile(
+        "embedded", 8, 16, 0.05, True, None, 8, 4, 5e-4, 128, gradient_checkpointing=False
+    ),
 }
 
 
@@ -133,13 +139,20 @@ def load_base(source: Any, lora: LoraProfile, for_training: bool = False) -> Any
     from medtok_dagster.core.base_model import load_causal_lm
 
     device, dtype = compute_settings()
-    model = load_causal_lm(source, dtype=dtype, quantization=lora.quantization, device_map=device if lora.quantization else None)
+    model = load_causal_lm(
+        source,
+        dtype=dtype,
+        quantization=lora.quantization,
+        device_map=device if lora.quantization else None,
+    )
     if not lora.quantization:
         return model.to(device)
     if for_training:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=lora.gradient_checkpointing and device == "cuda")
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=lora.gradient_checkpointing and device == "cuda"
+        )
     return model
 
 
@@ -154,7 +167,9 @@ def lora_config(lora: LoraProfile, new_ids: Sequence[int], mode: str) -> Any:
         lora_dropout=lora.dropout,
         target_modules=language_model_targets(lora.target_modules),
         bias="none",
-        trainable_token_indices={"embed_tokens": list(new_ids)} if mode == "trainable_tokens" else None,
+        trainable_token_indices={"embed_tokens": list(new_ids)}
+        if mode == "trainable_tokens"
+        else None,
         modules_to_save=["embed_tokens", "lm_head"] if mode == "modules_to_save" else None,
     )
 
@@ -168,14 +183,19 @@ def attach_lora(model: Any, lora: LoraProfile, new_ids: Sequence[int], mode: str
 
 def quantized_linear_count(model: Any) -> int:
     """Linear layers held in 8-bit or 4-bit (bitsandbytes): proof that training ran on the quantized path."""
-    return sum(1 for module in model.modules() if type(module).__name__ in ("Linear8bitLt", "Linear4bit"))
+    return sum(
+        1 for module in model.modules() if type(module).__name__ in ("Linear8bitLt", "Linear4bit")
+    )
 
 
 def lora_module_count(model: Any, inside: Sequence[str] = ()) -> int:
     """Modules carrying LoRA weights, optionally only those under one of the ``inside`` path parts."""
     return sum(
-        1 for name, module in model.named_modules()
-        if hasattr(module, "lora_A") and len(module.lora_A) and (not inside or any(part in name.split(".") for part in inside))
+        1
+        for name, module in model.named_modules()
+        if hasattr(module, "lora_A")
+        and len(module.lora_A)
+        and (not inside or any(part in name.split(".") for part in inside))
     )
 
 
@@ -191,7 +211,9 @@ def directory_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def save_adapter(model: Any, tokenizer: Any, out_dir: Path, new_ids: Sequence[int], mode: str) -> dict[str, int]:
+def save_adapter(
+    model: Any, tokenizer: Any, out_dir: Path, new_ids: Sequence[int], mode: str
+) -> dict[str, int]:
     """Save adapter + tokenizer; for frozen embeddings also the initial new rows (needed to rebuild).
 
     ``save_embedding_layers=False`` keeps the resized 262k-row matrices out of the adapter: with
@@ -200,7 +222,9 @@ def save_adapter(model: Any, tokenizer: Any, out_dir: Path, new_ids: Sequence[in
     """
     from safetensors.torch import save_file
 
-    model.save_pretrained(out_dir, save_embedding_layers=mode == "modules_to_save", safe_serialization=True)
+    model.save_pretrained(
+        out_dir, save_embedding_layers=mode == "modules_to_save", safe_serialization=True
+    )
     tokenizer.save_pretrained(out_dir)
     if mode == "frozen":
         base = model.get_base_model()
@@ -212,7 +236,13 @@ def save_adapter(model: Any, tokenizer: Any, out_dir: Path, new_ids: Sequence[in
     return {"adapter_bytes": directory_size(out_dir)}
 
 
-def load_adapter(base_model: Any, adapter_dir: Path, new_len: int, new_ids: Sequence[int], is_trainable: bool = False) -> Any:
+def load_adapter(
+    base_model: Any,
+    adapter_dir: Path,
+    new_len: int,
+    new_ids: Sequence[int],
+    is_trainable: bool = False,
+) -> Any:
     """Rebuild an extended model: resize a fresh base, restore frozen rows if any, attach the adapter."""
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -230,7 +260,15 @@ def load_adapter(base_model: Any, adapter_dir: Path, new_len: int, new_ids: Sequ
     return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
 
 
-def quick_train(model: Any, blocks: Sequence[Sequence[int]], bos: int, steps: int, learning_rate: float, batch_size: int = 4, seed: int = 0) -> list[float]:
+def quick_train(
+    model: Any,
+    blocks: Sequence[Sequence[int]],
+    bos: int,
+    steps: int,
+    learning_rate: float,
+    batch_size: int = 4,
+    seed: int = 0,
+) -> list[float]:
     """A few AdamW steps on packed blocks (sampled with replacement): the 'after K steps' column of the init comparison."""
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -273,7 +311,9 @@ class TrainPlan:
     """How ``base_model`` was resolved: only ``hub`` lets the training process contact the hub."""
 
 
-def pack_blocks(documents: Sequence[Sequence[int]], block: int, bos: int, eos: int) -> list[list[int]]:
+def pack_blocks(
+    documents: Sequence[Sequence[int]], block: int, bos: int, eos: int
+) -> list[list[int]]:
     """Documents as ``<bos> text <eos>``, concatenated and cut into blocks that each start with ``<bos>``.
 
     Gemma reads every sequence from ``<bos>`` (at inference the tokenizer puts it first), so a block
@@ -308,7 +348,9 @@ def packed_dataset(tokenizer: Any, texts: Sequence[str], block: int) -> Any:
 
     documents = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     blocks = pack_blocks(documents, block, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    labels = block_labels(torch.tensor(blocks, dtype=torch.long).reshape(len(blocks), block), tokenizer.bos_token_id).tolist()
+    labels = block_labels(
+        torch.tensor(blocks, dtype=torch.long).reshape(len(blocks), block), tokenizer.bos_token_id
+    ).tolist()
     return Dataset.from_dict({"input_ids": blocks, "labels": labels})
 
 

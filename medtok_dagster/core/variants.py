@@ -7,7 +7,11 @@ adds medical-corpus candidates; ``ded_med_normal`` adds general-Korean candidate
 from __future__ import annotations
 
 VARIANTS = ("dedicated", "ded_medical", "ded_med_normal")
-VARIANT_TIERS: dict[str, tuple[str, ...]] = {"dedicated": (), "ded_medical": ("medical",), "ded_med_normal": ("medical", "general")}
+VARIANT_TIERS: dict[str, tuple[str, ...]] = {
+    "dedicated": (),
+    "ded_medical": ("medical",),
+    "ded_med_normal": ("medical", "general"),
+}
 DEFAULT_BUDGETS: dict[str, int] = {"dedicated": 4700, "ded_medical": 10700, "ded_med_normal": 20600}
 """Maximum new vocabulary entries per variant, Tier 1 included (the prototype's sizes)."""
 

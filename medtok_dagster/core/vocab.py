@@ -28,7 +28,13 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from medtok_dagster.core.io import InputError, atomic_write_text, require_nonempty_file
-from medtok_dagster.core.text import HANGUL_SYLLABLES, WORD_BOUNDARY, hangul_runs, is_pure_hangul, normalize
+from medtok_dagster.core.text import (
+    HANGUL_SYLLABLES,
+    WORD_BOUNDARY,
+    hangul_runs,
+    is_pure_hangul,
+    normalize,
+)
 
 NGRAM_COLUMNS = ("ngram", "n", "count", "doc_freq", "word_initial_count")
 BPE_COLUMNS = ("token", "id", "word_initial", "surface", "length", "is_hangul", "frequency")
@@ -62,10 +68,20 @@ def _check_ngram_range(min_n: int, max_n: int, min_count: int) -> None:
 
 def _ngram_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """One schema for both implementations, so the oracle comparison is a plain frame equality."""
-    return frame.astype({"ngram": object, "n": "int64", "count": "int64", "doc_freq": "int64", "word_initial_count": "int64"})[list(NGRAM_COLUMNS)]
+    return frame.astype(
+        {
+            "ngram": object,
+            "n": "int64",
+            "count": "int64",
+            "doc_freq": "int64",
+            "word_initial_count": "int64",
+        }
+    )[list(NGRAM_COLUMNS)]
 
 
-def count_hangul_ngrams_python(lines: Iterable[str], min_n: int = 2, max_n: int = 5, min_count: int = 1) -> pd.DataFrame:
+def count_hangul_ngrams_python(
+    lines: Iterable[str], min_n: int = 2, max_n: int = 5, min_count: int = 1
+) -> pd.DataFrame:
     """Hangul n-gram statistics with a plain ``Counter`` loop: the correctness oracle and benchmark baseline.
 
     This is the definition :func:`count_hangul_ngrams` must reproduce exactly, written for reading
@@ -90,7 +106,11 @@ def count_hangul_ngrams_python(lines: Iterable[str], min_n: int = 2, max_n: int 
                     if opens_word:
                         initial[grams[0]] += 1
         docs.update(seen)
-    rows = [(gram, len(gram), count, docs[gram], initial[gram]) for gram, count in counts.items() if count >= min_count]
+    rows = [
+        (gram, len(gram), count, docs[gram], initial[gram])
+        for gram, count in counts.items()
+        if count >= min_count
+    ]
     rows.sort(key=lambda row: (-row[2], row[0]))
     return _ngram_frame(pd.DataFrame(rows, columns=list(NGRAM_COLUMNS)))
 
@@ -99,7 +119,11 @@ def _is_parquet_source(source: NgramSource) -> bool:
     """Paths are parquet files; a bare ``str`` is a path too, since iterating it would yield characters."""
     if isinstance(source, (str, os.PathLike)):
         return True
-    return isinstance(source, Sequence) and len(source) > 0 and all(isinstance(item, os.PathLike) for item in source)
+    return (
+        isinstance(source, Sequence)
+        and len(source) > 0
+        and all(isinstance(item, os.PathLike) for item in source)
+    )
 
 
 def _parquet_batches(paths: Sequence[Path]) -> Iterator[pa.RecordBatch]:
@@ -112,7 +136,11 @@ def _parquet_batches(paths: Sequence[Path]) -> Iterator[pa.RecordBatch]:
         except (pa.ArrowException, OSError) as exc:
             raise InputError(path, None, f"not a readable parquet file ({exc})") from exc
         if TEXT_COLUMN not in parquet.schema_arrow.names:
-            raise InputError(path, None, f"no {TEXT_COLUMN!r} column; columns: {', '.join(parquet.schema_arrow.names)}")
+            raise InputError(
+                path,
+                None,
+                f"no {TEXT_COLUMN!r} column; columns: {', '.join(parquet.schema_arrow.names)}",
+            )
         for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[TEXT_COLUMN]):
             yield _numbered_batch(batch.column(0), first_id)
             first_id += batch.num_rows
@@ -128,10 +156,15 @@ def _lines_table(source: NgramSource) -> pa.Table:
     """The corpus as an Arrow table of ``(line_id, text)`` batches, from parquet path(s) or in-memory lines."""
     schema = pa.schema([("line_id", pa.int64()), (TEXT_COLUMN, pa.large_string())])
     if _is_parquet_source(source):
-        paths = [Path(source)] if isinstance(source, (str, os.PathLike)) else [Path(p) for p in source]
+        paths = (
+            [Path(source)] if isinstance(source, (str, os.PathLike)) else [Path(p) for p in source]
+        )
         return pa.Table.from_batches(list(_parquet_batches(paths)), schema=schema)
     texts = pa.array(list(source), pa.large_string())
-    batches = [_numbered_batch(texts.slice(start, _BATCH_ROWS), start) for start in range(0, len(texts), _BATCH_ROWS)]
+    batches = [
+        _numbered_batch(texts.slice(start, _BATCH_ROWS), start)
+        for start in range(0, len(texts), _BATCH_ROWS)
+    ]
     return pa.Table.from_batches(batches, schema=schema)
 
 
@@ -159,7 +192,9 @@ def _create_run_matches(con: duckdb.DuckDBPyConnection, min_n: int) -> None:
     """
     text = f"CASE WHEN regexp_matches(text, '[{_CONJOINING_JAMO}]') THEN nfc_normalize(text) ELSE text END"
     pattern = f"[^{HANGUL_SYLLABLES}]?[{HANGUL_SYLLABLES}]{{{min_n},}}"
-    con.execute(f"CREATE TEMP TABLE run_matches AS SELECT line_id, unnest(regexp_extract_all({text}, '{pattern}')) AS match FROM corpus_lines")
+    con.execute(
+        f"CREATE TEMP TABLE run_matches AS SELECT line_id, unnest(regexp_extract_all({text}, '{pattern}')) AS match FROM corpus_lines"
+    )
 
 
 def _create_runs(con: duckdb.DuckDBPyConnection) -> None:
@@ -249,7 +284,11 @@ def _create_doc_freq(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def count_hangul_ngrams(
-    source: NgramSource, min_n: int = 2, max_n: int = 5, min_count: int = 1, threads: int | None = None
+    source: NgramSource,
+    min_n: int = 2,
+    max_n: int = 5,
+    min_count: int = 1,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Count Hangul n-grams with DuckDB: exactly the result of :func:`count_hangul_ngrams_python`, much faster.
 
@@ -302,10 +341,18 @@ def train_bpe(
     ``▁`` back into spaces, so ``decode(encode(x)) == x`` for text made of alphabet characters.
     """
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(" ", WORD_BOUNDARY)])
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=WORD_BOUNDARY, prepend_scheme="never", split=True)
-    tokenizer.decoder = decoders.Metaspace(replacement=WORD_BOUNDARY, prepend_scheme="never", split=True)
-    options: dict[str, object] = {"limit_alphabet": limit_alphabet} if limit_alphabet is not None else {}
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(" ", WORD_BOUNDARY)]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement=WORD_BOUNDARY, prepend_scheme="never", split=True
+    )
+    tokenizer.decoder = decoders.Metaspace(
+        replacement=WORD_BOUNDARY, prepend_scheme="never", split=True
+    )
+    options: dict[str, object] = (
+        {"limit_alphabet": limit_alphabet} if limit_alphabet is not None else {}
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
@@ -322,13 +369,17 @@ def _piece_frequencies(tokenizer: Tokenizer, lines: Sequence[str], size: int) ->
     """How often each id occurs when ``lines`` are encoded, in bounded batches to cap memory."""
     totals = np.zeros(size, dtype=np.int64)
     for start in range(0, len(lines), _ENCODE_BATCH_LINES):
-        encodings = tokenizer.encode_batch(list(lines[start : start + _ENCODE_BATCH_LINES]), add_special_tokens=False)
+        encodings = tokenizer.encode_batch(
+            list(lines[start : start + _ENCODE_BATCH_LINES]), add_special_tokens=False
+        )
         ids = [token_id for encoding in encodings for token_id in encoding.ids]
         totals += np.bincount(np.asarray(ids, dtype=np.int64), minlength=size)[:size]
     return totals
 
 
-def bpe_vocab_frame(tokenizer: Tokenizer, lines_sample_for_freq: Sequence[str] | None) -> pd.DataFrame:
+def bpe_vocab_frame(
+    tokenizer: Tokenizer, lines_sample_for_freq: Sequence[str] | None
+) -> pd.DataFrame:
     """The BPE vocabulary as a table: ``token, id, word_initial, surface, length, is_hangul, frequency``.
 
     ``surface`` is the token without its leading ``▁``; single characters (the alphabet) and special
@@ -338,14 +389,20 @@ def bpe_vocab_frame(tokenizer: Tokenizer, lines_sample_for_freq: Sequence[str] |
     """
     vocab = sorted(tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda item: item[1])
     size = max((token_id for _, token_id in vocab), default=-1) + 1
-    frequencies = _piece_frequencies(tokenizer, lines_sample_for_freq, size) if lines_sample_for_freq else np.zeros(size, dtype=np.int64)
+    frequencies = (
+        _piece_frequencies(tokenizer, lines_sample_for_freq, size)
+        if lines_sample_for_freq
+        else np.zeros(size, dtype=np.int64)
+    )
     tokens = [token for token, _ in vocab]
     surfaces = [token.removeprefix(WORD_BOUNDARY) for token in tokens]
     return pd.DataFrame(
         {
             "token": pd.Series(tokens, dtype=object),
             "id": pd.Series([token_id for _, token_id in vocab], dtype="int64"),
-            "word_initial": pd.Series([token.startswith(WORD_BOUNDARY) for token in tokens], dtype=bool),
+            "word_initial": pd.Series(
+                [token.startswith(WORD_BOUNDARY) for token in tokens], dtype=bool
+            ),
             "surface": pd.Series(surfaces, dtype=object),
             "length": pd.Series([len(surface) for surface in surfaces], dtype="int64"),
             "is_hangul": pd.Series([is_pure_hangul(surface) for surface in surfaces], dtype=bool),
@@ -373,7 +430,11 @@ def load_bpe(path: Path) -> Tokenizer:
 def _bpe_candidates(bpe_vocab: pd.DataFrame, min_freq: int) -> pd.DataFrame:
     """BPE surfaces worth a token: pure Hangul, 2+ syllables, used ``min_freq``+ times (``▁``/bare forms summed)."""
     pieces = bpe_vocab[bpe_vocab["is_hangul"] & (bpe_vocab["length"] >= 2)]
-    surfaces = pieces.groupby("surface", as_index=False)["frequency"].sum().rename(columns={"surface": "token"})
+    surfaces = (
+        pieces.groupby("surface", as_index=False)["frequency"]
+        .sum()
+        .rename(columns={"surface": "token"})
+    )
     surfaces = surfaces[surfaces["frequency"] >= min_freq]
     return surfaces.sort_values(["frequency", "token"], ascending=[False, True], ignore_index=True)
 
@@ -381,17 +442,26 @@ def _bpe_candidates(bpe_vocab: pd.DataFrame, min_freq: int) -> pd.DataFrame:
 def _ngram_candidates(ngrams: pd.DataFrame, min_freq: int) -> pd.DataFrame:
     """N-grams with ``count >= min_freq``, longer first (5, 4, 3, 2), then by count."""
     kept = ngrams[ngrams["count"] >= min_freq]
-    kept = kept.sort_values(["n", "count", "ngram"], ascending=[False, False, True], ignore_index=True)
+    kept = kept.sort_values(
+        ["n", "count", "ngram"], ascending=[False, False, True], ignore_index=True
+    )
     return kept.rename(columns={"ngram": "token", "count": "frequency"})[["token", "frequency"]]
 
 
-def _prioritised(parts: Sequence[tuple[str, pd.DataFrame]], exclude: set[str], max_tokens: int) -> pd.DataFrame:
+def _prioritised(
+    parts: Sequence[tuple[str, pd.DataFrame]], exclude: set[str], max_tokens: int
+) -> pd.DataFrame:
     """Concatenate ``(source, frame)`` in priority order, keep each token's first appearance, cap, rank from 1."""
-    merged = pd.concat([frame[["token", "frequency"]].assign(source=source) for source, frame in parts], ignore_index=True)
+    merged = pd.concat(
+        [frame[["token", "frequency"]].assign(source=source) for source, frame in parts],
+        ignore_index=True,
+    )
     merged = merged.drop_duplicates("token", keep="first")
     merged = merged[~merged["token"].isin(exclude)].head(max_tokens).reset_index(drop=True)
     merged["priority"] = np.arange(1, len(merged) + 1, dtype=np.int64)
-    return merged.astype({"token": object, "source": object, "frequency": "int64"})[list(SELECTION_COLUMNS)]
+    return merged.astype({"token": object, "source": object, "frequency": "int64"})[
+        list(SELECTION_COLUMNS)
+    ]
 
 
 def _surface_frequencies(ngrams: pd.DataFrame, bpe_vocab: pd.DataFrame) -> dict[str, int]:
@@ -402,7 +472,11 @@ def _surface_frequencies(ngrams: pd.DataFrame, bpe_vocab: pd.DataFrame) -> dict[
 
 
 def select_medical_tokens(
-    dictionary_terms: list[str], ngrams: pd.DataFrame, bpe_vocab: pd.DataFrame, max_tokens: int = 10_000, min_freq: int = 3
+    dictionary_terms: list[str],
+    ngrams: pd.DataFrame,
+    bpe_vocab: pd.DataFrame,
+    max_tokens: int = 10_000,
+    min_freq: int = 3,
 ) -> pd.DataFrame:
     """Tier 2 by the prototype's priority: dictionary terms, then BPE pieces, then n-grams longer first.
 
@@ -413,18 +487,31 @@ def select_medical_tokens(
     """
     frequencies = _surface_frequencies(ngrams, bpe_vocab)
     terms = list(dict.fromkeys(term for term in (normalize(t) for t in dictionary_terms) if term))
-    dictionary = pd.DataFrame({"token": terms, "frequency": [frequencies.get(term, 0) for term in terms]})
-    parts = [("dictionary", dictionary), ("bpe_medical", _bpe_candidates(bpe_vocab, min_freq)), ("ngram", _ngram_candidates(ngrams, min_freq))]
+    dictionary = pd.DataFrame(
+        {"token": terms, "frequency": [frequencies.get(term, 0) for term in terms]}
+    )
+    parts = [
+        ("dictionary", dictionary),
+        ("bpe_medical", _bpe_candidates(bpe_vocab, min_freq)),
+        ("ngram", _ngram_candidates(ngrams, min_freq)),
+    ]
     return _prioritised(parts, set(), max_tokens)
 
 
 def select_general_tokens(
-    ngrams: pd.DataFrame, bpe_vocab: pd.DataFrame, exclude: set[str], max_tokens: int = 20_000, min_freq: int = 10
+    ngrams: pd.DataFrame,
+    bpe_vocab: pd.DataFrame,
+    exclude: set[str],
+    max_tokens: int = 20_000,
+    min_freq: int = 10,
 ) -> pd.DataFrame:
     """Tier 3: general-Korean BPE pieces, then n-grams longer first, minus everything in ``exclude`` (Tier 2).
 
     Same columns as :func:`select_medical_tokens`, with ``source`` bpe_general | ngram; excluded
     tokens do not use up the ``max_tokens`` budget.
     """
-    parts = [("bpe_general", _bpe_candidates(bpe_vocab, min_freq)), ("ngram", _ngram_candidates(ngrams, min_freq))]
+    parts = [
+        ("bpe_general", _bpe_candidates(bpe_vocab, min_freq)),
+        ("ngram", _ngram_candidates(ngrams, min_freq)),
+    ]
     return _prioritised(parts, exclude, max_tokens)

@@ -35,7 +35,12 @@ class PipesLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            row = {"step": state.global_step, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
+            row = {
+                "step": state.global_step,
+                "loss": logs["loss"],
+                "learning_rate": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+            }
             self.curve.append(row)
             self.pipes.report_custom_message(row)
             self.pipes.log.info(f"step {row['step']}: loss {row['loss']:.4f}")
@@ -48,12 +53,26 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def score_table(model: Any, tokenizer: Any, texts: dict[str, list[str]], stage: str) -> list[dict[str, Any]]:
+def score_table(
+    model: Any, tokenizer: Any, texts: dict[str, list[str]], stage: str
+) -> list[dict[str, Any]]:
     """Fair bits/char of one model and tokenizer per text type (every character, from ``<bos>``)."""
-    return [{"stage": stage, "text_type": text_type, **lm_metrics.score_texts(model, tokenizer, items).as_row()} for text_type, items in texts.items()]
+    return [
+        {
+            "stage": stage,
+            "text_type": text_type,
+            **lm_metrics.score_texts(model, tokenizer, items).as_row(),
+        }
+        for text_type, items in texts.items()
+    ]
 
 
-def adapter_card(plan: training.TrainPlan, info: dict[str, Any], scores: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+def adapter_card(
+    plan: training.TrainPlan,
+    info: dict[str, Any],
+    scores: list[dict[str, Any]],
+    summary: dict[str, Any],
+) -> str:
     """README.md for the adapter: what it is, its held-out numbers beside the base, and a load snippet that runs."""
     table = "\n".join(
         f"| {t} | {by[('base', t)]:.3f} | {by[('initialised', t)]:.3f} | {by[('trained', t)]:.3f} |"
@@ -63,32 +82,32 @@ def adapter_card(plan: training.TrainPlan, info: dict[str, Any], scores: list[di
     rows_snippet = (
         f"""rows = load_file(f"{{adapter_dir}}/{training.NEW_ROWS_FILE}")["input"]
 with torch.no_grad():
-    base.get_input_embeddings().weight[{info['base_vocab_size']} : {info['base_vocab_size']} + len(rows)] = rows
+    base.get_input_embeddings().weight[{info["base_vocab_size"]} : {info["base_vocab_size"]} + len(rows)] = rows
 """
         if info["embedding_mode"] == "frozen"
         else ""
     )
     return f"""---
 library_name: peft
-base_model: {info['base_model']}
+base_model: {info["base_model"]}
 tags: [medtok, korean, medical, lora]
 ---
-# medtok adapter: {info['variant']} × {plan.profile}
+# medtok adapter: {info["variant"]} × {plan.profile}
 
-Korean medical vocabulary extension of `{info['base_model']}`: {info['new_tokens']} new tokens
-(variant `{info['variant']}`), rows initialised with `{info['strategy']}`, trained with LoRA
-(r={info['profile']['r']}, alpha={info['profile']['alpha']}) and embedding mode `{info['embedding_mode']}`.
+Korean medical vocabulary extension of `{info["base_model"]}`: {info["new_tokens"]} new tokens
+(variant `{info["variant"]}`), rows initialised with `{info["strategy"]}`, trained with LoRA
+(r={info["profile"]["r"]}, alpha={info["profile"]["alpha"]}) and embedding mode `{info["embedding_mode"]}`.
 For serving, use the `merged_model` asset: the same weights merged into one plain directory.
 
 ## Training data
-Phase-0 plain Korean text: {', '.join(Path(f).name for f in plan.train_files)}; every block starts with `<bos>`.
+Phase-0 plain Korean text: {", ".join(Path(f).name for f in plan.train_files)}; every block starts with `<bos>`.
 
 ## Held-out bits per character (lower is better; every character scored, from `<bos>`)
 | text | base model | initialised | trained |
 |---|---|---|---|
 {table}
 
-{summary['steps']} steps, {summary['tokens_per_second']:.0f} tokens/s, peak memory {summary['peak_memory_mb']:.0f} MB.
+{summary["steps"]} steps, {summary["tokens_per_second"]:.0f} tokens/s, peak memory {summary["peak_memory_mb"]:.0f} MB.
 
 ## Load (transformers + peft)
 ```python
@@ -122,11 +141,17 @@ def run(pipes: PipesContext) -> None:
     model = training.load_adapter(base, init_dir, len(tokenizer), new_ids, is_trainable=True)
     scores += score_table(model, tokenizer, plan.heldout_texts, "initialised")
     block = plan.max_seq_len or lora.max_seq_len
-    dataset = training.packed_dataset(tokenizer, [line for f in plan.train_files for line in read_lines_parquet(Path(f))], block)
+    dataset = training.packed_dataset(
+        tokenizer, [line for f in plan.train_files for line in read_lines_parquet(Path(f))], block
+    )
     args = training.training_arguments(plan, lora)
     curve: list[dict[str, Any]] = []
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[PipesLogCallback(pipes, curve)])
-    resume = get_last_checkpoint(plan.checkpoint_dir) if Path(plan.checkpoint_dir).is_dir() else None
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset, callbacks=[PipesLogCallback(pipes, curve)]
+    )
+    resume = (
+        get_last_checkpoint(plan.checkpoint_dir) if Path(plan.checkpoint_dir).is_dir() else None
+    )
     pipes.log.info(f"resuming from {resume}" if resume else "starting from the initialised adapter")
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=resume)
@@ -138,7 +163,14 @@ def run(pipes: PipesContext) -> None:
         "steps_this_run": steps_run,
         "resumed_from": resume or "",
         "train_loss": round(output.training_loss, 4),
-        "tokens_per_second": round(steps_run * args.per_device_train_batch_size * args.gradient_accumulation_steps * block / max(seconds, 1e-9), 1),
+        "tokens_per_second": round(
+            steps_run
+            * args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * block
+            / max(seconds, 1e-9),
+            1,
+        ),
         "peak_memory_mb": round(peak_memory_mb()),
         "train_blocks": len(dataset),
         "block_tokens": block,
@@ -151,18 +183,33 @@ def run(pipes: PipesContext) -> None:
     for text_type in plan.heldout_texts:
         for stage in ("base", "initialised", "trained"):
             summary[f"{text_type}_bits_per_char_{stage}"] = by[(stage, text_type)]
-        summary[f"{text_type}_trained_vs_base"] = round(by[("trained", text_type)] / by[("base", text_type)] - 1, 4)
+        summary[f"{text_type}_trained_vs_base"] = round(
+            by[("trained", text_type)] / by[("base", text_type)] - 1, 4
+        )
     with atomic_dir(Path(plan.output_dir)) as staging:
         sizes = training.save_adapter(model, tokenizer, staging, new_ids, info["embedding_mode"])
         summary["adapter_mb"] = round((staging / training.ADAPTER_WEIGHTS).stat().st_size / 1e6, 1)
         summary["adapter_dir_mb"] = round(sizes["adapter_bytes"] / 1e6, 1)
         history = [row for row in trainer.state.log_history if "loss" in row]
-        atomic_write_json(staging / LOSS_CURVE, [{"step": r["step"], "loss": r["loss"], "learning_rate": r.get("learning_rate"), "grad_norm": r.get("grad_norm")} for r in history])
+        atomic_write_json(
+            staging / LOSS_CURVE,
+            [
+                {
+                    "step": r["step"],
+                    "loss": r["loss"],
+                    "learning_rate": r.get("learning_rate"),
+                    "grad_norm": r.get("grad_norm"),
+                }
+                for r in history
+            ],
+        )
         atomic_write_json(staging / HELDOUT_SCORES, scores)
         atomic_write_json(staging / METRICS, summary)
         atomic_write_json(staging / INIT_INFO, info)
         atomic_write_text(staging / "README.md", adapter_card(plan, info, scores, summary))
-    pipes.report_asset_materialization(metadata={k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+    pipes.report_asset_materialization(
+        metadata={k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+    )
 
 
 def main() -> None:

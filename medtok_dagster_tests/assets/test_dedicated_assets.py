@@ -32,13 +32,19 @@ def test_tier1_materializes_with_files_tables_and_passing_checks(data_dir, model
     result = materialize(data_dir, model_dir)
     assert result.success
     assert all(e.passed for e in result.get_asset_check_evaluations())
-    report = json.loads((data_dir / "tokenizer" / "special_chars_report.json").read_text(encoding="utf-8"))
+    report = json.loads(
+        (data_dir / "tokenizer" / "special_chars_report.json").read_text(encoding="utf-8")
+    )
     chars = {c["char"]: c for c in report["characters"]}
     assert {"≥", "℃", "μ", "→", "±"} <= set(chars)
     assert chars["≥"]["example"]["file"] == "train.jsonl"
     assert report["total_occurrences"] == sum(c["count"] for c in report["characters"])
     kept = (data_dir / "tokenizer" / "dictionary_terms.txt").read_text(encoding="utf-8").split()
-    raw = (data_dir / "tokenizer" / "dictionary_terms.txt.backup").read_text(encoding="utf-8").splitlines()
+    raw = (
+        (data_dir / "tokenizer" / "dictionary_terms.txt.backup")
+        .read_text(encoding="utf-8")
+        .splitlines()
+    )
     assert 0 < len(kept) < len(raw)
     assert "골수강" in kept and "뇌척수막염" in kept
     terms = table(model_dir, "dictionary_terms")
@@ -71,17 +77,29 @@ def test_lenient_mode_counts_skips_in_metadata(data_dir, model_dir):
     with train.open("ab") as handle:
         handle.write(b'{"question": "broken"\n' + '{"question": "환자"}\n'.encode("cp949"))
     lenient = {"config": {"lenient": True}}
-    result = materialize(data_dir, model_dir, run_config={"ops": {"special_chars_report": lenient, "medical_notation": lenient}})
+    result = materialize(
+        data_dir,
+        model_dir,
+        run_config={"ops": {"special_chars_report": lenient, "medical_notation": lenient}},
+    )
     meta = result.asset_materializations_for_node("special_chars_report")[0].metadata
     assert meta["skipped_records"].value == 2
 
 
 def test_planted_test_leak_fails_blocking_check(data_dir, model_dir):
-    test_line = (data_dir / "01_raw" / "02_kor_med_test" / "test.jsonl").read_text(encoding="utf-8").splitlines()[0]
-    with (data_dir / "01_raw" / "02_kor_med_test" / "train.jsonl").open("a", encoding="utf-8") as handle:
+    test_line = (
+        (data_dir / "01_raw" / "02_kor_med_test" / "test.jsonl")
+        .read_text(encoding="utf-8")
+        .splitlines()[0]
+    )
+    with (data_dir / "01_raw" / "02_kor_med_test" / "train.jsonl").open(
+        "a", encoding="utf-8"
+    ) as handle:
         handle.write(test_line + "\n")
     result = materialize(data_dir, model_dir, raise_on_error=False)
-    leak = [e for e in result.get_asset_check_evaluations() if e.check_name == "no_test_leak_in_tier1"][0]
+    leak = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "no_test_leak_in_tier1"
+    ][0]
     assert not leak.passed
     assert leak.metadata["leaked_questions"].value == 1
     assert "test.jsonl:1" in leak.metadata["leaks"].value

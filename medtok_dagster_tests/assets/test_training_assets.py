@@ -20,7 +20,11 @@ from medtok_dagster.core.io import atomic_write_json
 from medtok_dagster.resources import build_resources
 
 PARTITION = dg.MultiPartitionKey({"variant": "ded_medical", "profile": "embedded"})
-LINES = ["당뇨병 환자의 혈당 조절이 필요합니다.", "중환자실에서 심근경색 환자를 치료했다.", "급성 신우신염 환자는 발열이 있다."] * 40
+LINES = [
+    "당뇨병 환자의 혈당 조절이 필요합니다.",
+    "중환자실에서 심근경색 환자를 치료했다.",
+    "급성 신우신염 환자는 발열이 있다.",
+] * 40
 
 
 @pytest.fixture
@@ -39,21 +43,52 @@ def prepared(data_dir, model_dir, tiny_gemma_dir, gemma_tokenizer):
     init_dir = model_dir / "raw_lora_added" / "embedded" / "ded_medical"
     init_dir.mkdir(parents=True)
     T.save_adapter(peft_model, tokenizer, init_dir, new_ids, "trainable_tokens")
-    atomic_write_json(init_dir / "init_info.json", {
-        "variant": "ded_medical", "profile": T.profile("embedded").as_dict(), "base_model": str(tiny_gemma_dir), "strategy": "subtoken_mean",
-        "embedding_mode": "trainable_tokens", "new_tokens": len(new_ids), "base_vocab_size": base_len,
-    })
+    atomic_write_json(
+        init_dir / "init_info.json",
+        {
+            "variant": "ded_medical",
+            "profile": T.profile("embedded").as_dict(),
+            "base_model": str(tiny_gemma_dir),
+            "strategy": "subtoken_mean",
+            "embedding_mode": "trainable_tokens",
+            "new_tokens": len(new_ids),
+            "base_vocab_size": base_len,
+        },
+    )
     write_lines_parquet(LINES, model_dir / "corpora" / "medical_corpus.parquet")
     return build_resources(str(data_dir), str(model_dir), str(tiny_gemma_dir)), model_dir
 
 
 def run(resources, steps, raise_on_error=True):
-    config = {"ops": {"trained_adapter": {"config": {"max_steps": steps, "save_steps": 2, "per_device_batch": 2, "grad_accum": 1, "max_seq_len": 32, "heldout_texts": 8}}}}
-    return dg.materialize([trained_adapter], partition_key=PARTITION, resources=resources, run_config=config, raise_on_error=raise_on_error)
+    config = {
+        "ops": {
+            "trained_adapter": {
+                "config": {
+                    "max_steps": steps,
+                    "save_steps": 2,
+                    "per_device_batch": 2,
+                    "grad_accum": 1,
+                    "max_seq_len": 32,
+                    "heldout_texts": 8,
+                }
+            }
+        }
+    }
+    return dg.materialize(
+        [trained_adapter],
+        partition_key=PARTITION,
+        resources=resources,
+        run_config=config,
+        raise_on_error=raise_on_error,
+    )
 
 
 def training_processes():
-    return [p for p in psutil.process_iter(["cmdline"]) if "medtok_dagster.pipes.train_adapter" in " ".join(p.info["cmdline"] or [])]
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "medtok_dagster.pipes.train_adapter" in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 def test_pipes_reports_metrics_and_writes_a_small_adapter(prepared):
@@ -61,8 +96,14 @@ def test_pipes_reports_metrics_and_writes_a_small_adapter(prepared):
     result = run(resources, steps=4)
     meta = result.asset_materializations_for_node("trained_adapter")[0].metadata
     assert meta["steps"].value == 4
-    assert {"exam_questions_bits_per_char_base", "exam_questions_bits_per_char_initialised", "exam_questions_bits_per_char_trained",
-            "tokens_per_second", "peak_memory_mb", "adapter_mb"} <= set(meta)
+    assert {
+        "exam_questions_bits_per_char_base",
+        "exam_questions_bits_per_char_initialised",
+        "exam_questions_bits_per_char_trained",
+        "tokens_per_second",
+        "peak_memory_mb",
+        "adapter_mb",
+    } <= set(meta)
     out = model_dir / "trained" / "embedded" / "ded_medical"
     assert json.loads((out / "metrics.json").read_text())["adapter_mb"] < 5
     assert "base_model:" in (out / "README.md").read_text()
@@ -76,7 +117,9 @@ def test_killed_training_resumes_from_last_checkpoint(prepared):
 
     def kill_after_first_checkpoint():
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        while time.monotonic() < deadline and not list(
+            checkpoints.glob("checkpoint-*/trainer_state.json")
+        ):
             time.sleep(0.2)
         for process in training_processes():
             os.kill(process.pid, signal.SIGKILL)

@@ -37,7 +37,9 @@ def test_unreachable_hub_id_offline_gives_clear_error(tmp_path, monkeypatch):
     with pytest.raises(BaseModelError, match="HF_HUB_OFFLINE=1 is set"):
         base_model.resolve("google/medgemma-4b-it", tmp_path)
     with pytest.raises(BaseModelError, match="HF_HUB_OFFLINE=1 is set"):
-        base_model.load_tokenizer(base_model.BaseModelSource("google/medgemma-4b-it", "hub", "google/medgemma-4b-it"))
+        base_model.load_tokenizer(
+            base_model.BaseModelSource("google/medgemma-4b-it", "hub", "google/medgemma-4b-it")
+        )
 
 
 def test_tiny_model_loads_with_safetensors_only(tiny_gemma_dir):

@@ -42,7 +42,13 @@ DOCS = [
 
 def reference_lines(docs: list[str | None]) -> list[str]:
     """What iter_shard_texts must yield, computed the slow, obvious way."""
-    return [normalize(line) for doc in docs if doc for line in doc.split("\n") if has_hangul(normalize(line))]
+    return [
+        normalize(line)
+        for doc in docs
+        if doc
+        for line in doc.split("\n")
+        if has_hangul(normalize(line))
+    ]
 
 
 def save_dataset(path: Path, columns: dict[str, list], shard_size: str = "1KB") -> Path:
@@ -52,7 +58,10 @@ def save_dataset(path: Path, columns: dict[str, list], shard_size: str = "1KB") 
 
 
 def many_docs(count: int) -> list[str]:
-    return [f"{i}번째 문서의 첫 줄입니다.\nline {i} in English\n{i}번 둘째 줄 {i * 7 % 13}" for i in range(count)]
+    return [
+        f"{i}번째 문서의 첫 줄입니다.\nline {i} in English\n{i}번 둘째 줄 {i * 7 % 13}"
+        for i in range(count)
+    ]
 
 
 def write_arrow(path: Path, table: pa.Table, file_format: bool) -> Path:
@@ -72,8 +81,12 @@ def mixed_corpus(tmp_path: Path) -> Path:
     (root / "nested" / "train").mkdir(parents=True)
     pq.write_table(pa.table({"text": DOCS}), root / "nested" / "train" / "part.parquet")
     write_arrow(root / "nested" / "file_format.arrow", pa.table({"body": DOCS}), file_format=True)
-    write_arrow(root / "nested" / "stream_format.arrow", pa.table({"body": DOCS}), file_format=False)
-    (root / "notes.jsonl").write_text("\n".join(json.dumps({"document": d, "n": 1}, ensure_ascii=False) for d in DOCS) + "\n")
+    write_arrow(
+        root / "nested" / "stream_format.arrow", pa.table({"body": DOCS}), file_format=False
+    )
+    (root / "notes.jsonl").write_text(
+        "\n".join(json.dumps({"document": d, "n": 1}, ensure_ascii=False) for d in DOCS) + "\n"
+    )
     (root / "plain.txt").write_text("\n".join(d for d in DOCS if d) + "\n", encoding="utf-8")
     (root / ".hidden.txt").write_text("숨은 파일\n")
     (root / "README.md").write_text("설명\n")
@@ -132,7 +145,10 @@ def test_detect_text_column_rules(tmp_path):
     assert detect_text_column(["id", "content", "title"], path) == "content"
     assert detect_text_column(["id", "text", "content"], path) == "text"
     assert detect_text_column(["id", "content", "title"], path, configured="title") == "title"
-    assert detect_text_column(["id", "passage", "score"], path, string_columns=["passage"]) == "passage"
+    assert (
+        detect_text_column(["id", "passage", "score"], path, string_columns=["passage"])
+        == "passage"
+    )
     with pytest.raises(InputError, match="available columns: id, content") as err:
         detect_text_column(["id", "content"], path, configured="body")
     assert err.value.path == path
@@ -192,7 +208,9 @@ def test_sample_equals_reservoir_sample_over_the_streamed_lines(mixed_corpus, n)
     shards = discover_shards(mixed_corpus)
     streamed = [line for s in shards for line in iter_shard_texts(s, shard_text_column(s))]
     sample = sample_corpus(mixed_corpus, n, seed=3)
-    assert (sample.lines.to_pylist(), sample.lines_seen) == reservoir_sample(iter(streamed), n, seed=3)
+    assert (sample.lines.to_pylist(), sample.lines_seen) == reservoir_sample(
+        iter(streamed), n, seed=3
+    )
     assert len(sample.lines) == min(n, len(streamed))
     assert sample.lines.type == pa.large_string() and sample.lines.null_count == 0
 
@@ -203,12 +221,16 @@ def test_sample_is_the_same_whatever_the_matching_batch(mixed_corpus, monkeypatc
     batched = sample_corpus(mixed_corpus, 300, seed=5)
     assert batched.lines.to_pylist() == whole.lines.to_pylist()
     assert batched.lines.num_chunks > 1
-    assert "앞뒤 공백과 탭이 있는 줄" in batched.lines.to_pylist()  # normalised in Python, put back in place
+    assert (
+        "앞뒤 공백과 탭이 있는 줄" in batched.lines.to_pylist()
+    )  # normalised in Python, put back in place
 
 
 def test_lines_seen_and_shard_stats_count_every_line(mixed_corpus):
     calls = []
-    sample = sample_corpus(mixed_corpus, 50, seed=1, progress=lambda done, seen: calls.append((done, seen)))
+    sample = sample_corpus(
+        mixed_corpus, 50, seed=1, progress=lambda done, seen: calls.append((done, seen))
+    )
     per_copy = len(reference_lines(DOCS))
     assert sample.lines_seen == per_copy * (20 + 5)
     assert sum(s.lines for s in sample.shards) == sample.lines_seen
@@ -279,7 +301,9 @@ def test_bad_jsonl_records_strict_and_lenient(tmp_path):
     root = tmp_path / "c"
     root.mkdir()
     path = root / "a.jsonl"
-    path.write_text('{"text": "첫 문서"}\n{"text": \n[1]\n{"text": 5}\n{"text": null}\n{"id": 1}\n{"text": "끝"}\n')
+    path.write_text(
+        '{"text": "첫 문서"}\n{"text": \n[1]\n{"text": 5}\n{"text": null}\n{"id": 1}\n{"text": "끝"}\n'
+    )
     with pytest.raises(InputError, match="malformed JSON") as err:
         sample_corpus(root, 10)
     assert (err.value.path, err.value.line) == (path, 2)
@@ -307,17 +331,72 @@ def test_characters_normalize_may_change_lie_in_the_scanned_ranges():
 
 
 TRICKY = [
-    " ", "  ", "\t", "\r", "\x0b", "\x1c", "\x85", "\u00a0", "\u1680", "\u2000", "\u2028", "\u202f", "\u3000",
-    "\u0301", "\u0308", "e", "A", "\u00e9", "\u212b", "\u2126", "\uf900", "\u0958", "\u0344",
-    "\u1100", "\u1161", "\u11a8", "\u1175", "\u11c2", "\uac00", "\ud7a3", "\u3131", "\u318e", "\u3099", "\u309a",
-    "\u0b47", "\u0b3e", "\u0cd5", "\U0001d15e", "\U0001d165", "\U0002f800", "\U000e0100", "\U0001f600",
-    "가", "힣", "한", "\u00b7", "\u201c", "\u2026", "\u300a", "\u4e00", "\uff01", ".", "1",
+    " ",
+    "  ",
+    "\t",
+    "\r",
+    "\x0b",
+    "\x1c",
+    "\x85",
+    "\u00a0",
+    "\u1680",
+    "\u2000",
+    "\u2028",
+    "\u202f",
+    "\u3000",
+    "\u0301",
+    "\u0308",
+    "e",
+    "A",
+    "\u00e9",
+    "\u212b",
+    "\u2126",
+    "\uf900",
+    "\u0958",
+    "\u0344",
+    "\u1100",
+    "\u1161",
+    "\u11a8",
+    "\u1175",
+    "\u11c2",
+    "\uac00",
+    "\ud7a3",
+    "\u3131",
+    "\u318e",
+    "\u3099",
+    "\u309a",
+    "\u0b47",
+    "\u0b3e",
+    "\u0cd5",
+    "\U0001d15e",
+    "\U0001d165",
+    "\U0002f800",
+    "\U000e0100",
+    "\U0001f600",
+    "가",
+    "힣",
+    "한",
+    "\u00b7",
+    "\u201c",
+    "\u2026",
+    "\u300a",
+    "\u4e00",
+    "\uff01",
+    ".",
+    "1",
 ]
 
 
 def test_finished_lines_equal_normalize_on_tricky_text():
     rng = random.Random(0)
-    lines = ["가나다", "환자는 급성 심근경색으로 내원하였다.", " 앞 공백", "뒤 공백 ", "두  칸", "\u1112\u1161\u11ab"]
+    lines = [
+        "가나다",
+        "환자는 급성 심근경색으로 내원하였다.",
+        " 앞 공백",
+        "뒤 공백 ",
+        "두  칸",
+        "\u1112\u1161\u11ab",
+    ]
     lines += ["".join(rng.choice(TRICKY) for _ in range(rng.randint(1, 12))) for _ in range(5000)]
     finished = corpus._finished_lines(pa.array(lines, pa.large_string()))
     assert finished.type == pa.large_string()
@@ -328,7 +407,9 @@ def test_finished_lines_equal_normalize_on_tricky_text():
 
 def test_parquet_round_trip_is_atomic(tmp_path):
     lines = ["환자는 내원하였다.", "", "줄 \u00a0 그대로", "😀 이모지"]
-    path = write_lines_parquet(lines, tmp_path / "out" / "sample.parquet", {"source": ["a", "b", "c", "d"]})
+    path = write_lines_parquet(
+        lines, tmp_path / "out" / "sample.parquet", {"source": ["a", "b", "c", "d"]}
+    )
     assert read_lines_parquet(path) == lines
     table = pq.read_table(path)
     assert table.column_names == ["text", "source"]
@@ -342,7 +423,11 @@ def test_parquet_round_trip_is_atomic(tmp_path):
 
 def test_write_lines_parquet_takes_arrow_arrays(tmp_path):
     lines = ["환자는 내원하였다.", "줄 \u00a0 그대로", "😀 이모지"]
-    for value in (pa.array(lines), pa.array(lines, pa.large_string()), pa.chunked_array([lines[:1], lines[1:]], pa.large_string())):
+    for value in (
+        pa.array(lines),
+        pa.array(lines, pa.large_string()),
+        pa.chunked_array([lines[:1], lines[1:]], pa.large_string()),
+    ):
         path = write_lines_parquet(value, tmp_path / "arrow.parquet", {"n": [1, 2, 3]})
         assert read_lines_parquet(path) == lines
         assert pq.read_table(path).schema.field("text").type == pa.large_string()
@@ -353,10 +438,19 @@ def test_write_lines_parquet_takes_arrow_arrays(tmp_path):
 
 
 def test_split_heldout_arrow_equals_split_heldout():
-    lines = [f"{i}번째 줄입니다 {'가' * (i % 300)}" for i in range(20_000)] + ["", "😀 이모지", "e\u0301", "a" * 5000]
+    lines = [f"{i}번째 줄입니다 {'가' * (i % 300)}" for i in range(20_000)] + [
+        "",
+        "😀 이모지",
+        "e\u0301",
+        "a" * 5000,
+    ]
     for permille in (0, 20, 500, 1000):
         train, heldout = split_heldout(lines, permille)
-        for kind in (pa.array(lines), pa.array(lines, pa.large_string()), pa.chunked_array([lines[:7], [], lines[7:]], pa.large_string())):
+        for kind in (
+            pa.array(lines),
+            pa.array(lines, pa.large_string()),
+            pa.chunked_array([lines[:7], [], lines[7:]], pa.large_string()),
+        ):
             arrow_train, arrow_heldout = split_heldout_arrow(kind, permille)
             assert type(arrow_train) is type(kind) and arrow_train.type == kind.type
             assert (arrow_train.to_pylist(), arrow_heldout.to_pylist()) == (train, heldout)
@@ -365,9 +459,13 @@ def test_split_heldout_arrow_equals_split_heldout():
     sliced = pa.array(lines, pa.large_string()).slice(100, 500)
     assert split_heldout_arrow(sliced, 20)[1].to_pylist() == split_heldout(lines[100:600], 20)[1]
     views = split_heldout_arrow(pa.array(lines, pa.string_view()), 20)
-    assert [part.to_pylist() for part in views] == [train, heldout] and views[0].type == pa.large_string()
+    assert [part.to_pylist() for part in views] == [train, heldout] and views[
+        0
+    ].type == pa.large_string()
     assert len(heldout_buckets(pa.array([], pa.string()))) == 0
-    assert [len(part) for part in split_heldout_arrow(pa.chunked_array([], pa.large_string()), 20)] == [0, 0]
+    assert [
+        len(part) for part in split_heldout_arrow(pa.chunked_array([], pa.large_string()), 20)
+    ] == [0, 0]
     with pytest.raises(ValueError, match="nulls"):
         heldout_buckets(pa.array(["가", None]))
 

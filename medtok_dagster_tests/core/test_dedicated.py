@@ -2,7 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from medtok_dagster.core.dedicated import combine_dedicated, is_special_char, load_user_tokens, scan_special_chars
+from medtok_dagster.core.dedicated import (
+    combine_dedicated,
+    is_special_char,
+    load_user_tokens,
+    scan_special_chars,
+)
 from medtok_dagster.core.io import InputError, JsonlRecord
 
 
@@ -13,8 +18,30 @@ def test_special_char_classes():
 
 def test_scan_counts_and_first_context():
     records = [
-        JsonlRecord(1, {"question": "체온 38.5℃, EF ≥55%", "A": "≥", "B": "", "C": "x", "D": "y", "E": "z", "answer": 1}),
-        JsonlRecord(2, {"question": "혈당 ≥126", "A": "a", "B": "b", "C": "c", "D": "d", "E": "e", "answer": 2}),
+        JsonlRecord(
+            1,
+            {
+                "question": "체온 38.5℃, EF ≥55%",
+                "A": "≥",
+                "B": "",
+                "C": "x",
+                "D": "y",
+                "E": "z",
+                "answer": 1,
+            },
+        ),
+        JsonlRecord(
+            2,
+            {
+                "question": "혈당 ≥126",
+                "A": "a",
+                "B": "b",
+                "C": "c",
+                "D": "d",
+                "E": "e",
+                "answer": 2,
+            },
+        ),
     ]
     report = scan_special_chars(records, "train.jsonl")
     assert report["total_unique"] == 2
@@ -22,7 +49,12 @@ def test_scan_counts_and_first_context():
     first = report["characters"][0]
     assert (first["char"], first["count"], first["unicode"]) == ("≥", 3, "U+2265")
     assert first["example"] == {
-        "line": 1, "field": "question", "context": "체온 38.5℃, EF ≥55%", "code": 8805, "unicode": "U+2265", "file": "train.jsonl",
+        "line": 1,
+        "field": "question",
+        "context": "체온 38.5℃, EF ≥55%",
+        "code": 8805,
+        "unicode": "U+2265",
+        "file": "train.jsonl",
     }
 
 

@@ -3,7 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from medtok_dagster.core.dictionary import extract_raw_terms, load_dictionary, refine_term, refine_terms
+from medtok_dagster.core.dictionary import (
+    extract_raw_terms,
+    load_dictionary,
+    refine_term,
+    refine_terms,
+)
 from medtok_dagster.core.io import InputError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "dictionary_terms_6k.txt"
@@ -49,13 +54,19 @@ def test_load_dictionary_counts_defects(tmp_path):
     path.write_text(json.dumps(entries, ensure_ascii=False, indent=1), encoding="utf-8")
     loaded = load_dictionary(path)
     assert [e.term for e in loaded.entries] == ["폐렴", "간", "위염", "심장마비, 심정지"]
-    assert (loaded.duplicate_terms, loaded.empty_definitions, loaded.hangul_only_definitions) == (1, 1, 1)
+    assert (loaded.duplicate_terms, loaded.empty_definitions, loaded.hangul_only_definitions) == (
+        1,
+        1,
+        1,
+    )
     assert extract_raw_terms(loaded.entries) == ["폐렴", "간", "위염", "심장마비", "심정지"]
 
 
 def test_entry_without_term_names_line(tmp_path):
     path = tmp_path / "dict.json"
-    path.write_text('[\n {"term": "폐렴", "definition": "x"},\n {"definition": "no term"}\n]', encoding="utf-8")
+    path.write_text(
+        '[\n {"term": "폐렴", "definition": "x"},\n {"definition": "no term"}\n]', encoding="utf-8"
+    )
     with pytest.raises(InputError) as err:
         load_dictionary(path)
     assert err.value.line == 3 and "entry #2 has no 'term'" in str(err.value)
@@ -71,7 +82,20 @@ def test_refiner_on_prototype_sized_term_list():
     assert kept["term"].map(lambda t: 2 <= len(t) <= 15 and all("가" <= c <= "힣" for c in t)).all()
     assert kept["term"].is_unique
     removed = refined[~refined["kept"]]
-    assert removed["reason"].isin(
-        ["english_mixed", "contains_digit", "too_short", "too_long", "multi_word", "non_hangul_symbol", "duplicate", "empty"]
-    ).all()
+    assert (
+        removed["reason"]
+        .isin(
+            [
+                "english_mixed",
+                "contains_digit",
+                "too_short",
+                "too_long",
+                "multi_word",
+                "non_hangul_symbol",
+                "duplicate",
+                "empty",
+            ]
+        )
+        .all()
+    )
     assert 0.5 < len(kept) / len(raw) < 0.95

@@ -23,15 +23,31 @@ LINES = [
     "당뇨병과 심근경색은 함께 오는 경우가 많다.",
 ] * 6
 """No line contains 췌장염: its row has no context and must keep its starting value."""
-CONFIG = D.DistillConfig(mode="untied", contexts_per_token=6, context_before=8, context_after=4, epochs=6, batch_size=4, learning_rate=1e-2, output_weight=1.0)
+CONFIG = D.DistillConfig(
+    mode="untied",
+    contexts_per_token=6,
+    context_before=8,
+    context_after=4,
+    epochs=6,
+    batch_size=4,
+    learning_rate=1e-2,
+    output_weight=1.0,
+)
 
 
 @pytest.fixture(scope="module")
 def taught_gemma_dir(gemma_tokenizer, tiny_gemma_dir, tmp_path_factory):
     """The tiny Gemma after a few hundred steps on LINES: it now predicts the pieces, so the output objective has a target."""
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
-    blocks = T.pack_blocks(encode_plain(gemma_tokenizer, LINES), 16, gemma_tokenizer.bos_token_id, gemma_tokenizer.eos_token_id)
-    T.quick_train(model, blocks, gemma_tokenizer.bos_token_id, steps=60, learning_rate=3e-3, batch_size=8)
+    blocks = T.pack_blocks(
+        encode_plain(gemma_tokenizer, LINES),
+        16,
+        gemma_tokenizer.bos_token_id,
+        gemma_tokenizer.eos_token_id,
+    )
+    T.quick_train(
+        model, blocks, gemma_tokenizer.bos_token_id, steps=60, learning_rate=3e-3, batch_size=8
+    )
     target = tmp_path_factory.mktemp("taught-gemma")
     model.save_pretrained(target)
     gemma_tokenizer.save_pretrained(target)
@@ -56,8 +72,15 @@ def initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len):
 
 def teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len):
     """Every context of LINES and the frozen model's targets on them (the same for before and after)."""
-    pieces = {i: [p for p in ids if p < base_len] for i, ids in zip(new_ids, D.pieces_of(tokenizer.convert_ids_to_tokens(new_ids), gemma_tokenizer))}
-    plan = D.plan_contexts(encode_plain(tokenizer, LINES), new_ids, pieces, base_len, tokenizer.bos_token_id, CONFIG)
+    pieces = {
+        i: [p for p in ids if p < base_len]
+        for i, ids in zip(
+            new_ids, D.pieces_of(tokenizer.convert_ids_to_tokens(new_ids), gemma_tokenizer)
+        )
+    }
+    plan = D.plan_contexts(
+        encode_plain(tokenizer, LINES), new_ids, pieces, base_len, tokenizer.bos_token_id, CONFIG
+    )
     return plan, D.teacher_targets(model, plan.contexts, base_len, tokenizer.pad_token_id, 8)
 
 
@@ -65,7 +88,17 @@ def objectives(model, tokenizer, gemma_tokenizer, new_ids, base_len, input_rows,
     """The hidden-state distance of ``input_rows`` and the output loss of ``output_rows`` on every context."""
     plan, targets = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
     with torch.no_grad():
-        hidden = float(D.input_loss(model, plan.contexts, range(len(plan.contexts)), input_rows, targets, base_len, tokenizer.pad_token_id))
+        hidden = float(
+            D.input_loss(
+                model,
+                plan.contexts,
+                range(len(plan.contexts)),
+                input_rows,
+                targets,
+                base_len,
+                tokenizer.pad_token_id,
+            )
+        )
     return hidden, D.mean_output_loss(output_rows, targets, D.softcap_of(model))
 
 
@@ -77,24 +110,36 @@ def test_pieces_are_the_base_spelling_and_contexts_align_to_the_last_piece(setup
     context = D.build_context(ids, 2, base_len, pieces)
     assert context.student == [2, *ids] and context.student[2] == new_ids[0]
     assert context.teacher[: 2 + len(pieces[new_ids[0]])] == [2, ids[0], *pieces[new_ids[0]]]
-    assert context.aligned[2] == 1 + len(pieces[new_ids[0]]), "the new token aligns with its last piece"
+    assert context.aligned[2] == 1 + len(pieces[new_ids[0]]), (
+        "the new token aligns with its last piece"
+    )
     assert context.teacher[context.aligned[3]] == ids[2] and context.first_new == 2
 
 
-def test_distillation_lowers_the_hidden_state_distance_and_the_output_loss(setup, gemma_tokenizer, taught_gemma_dir):
+def test_distillation_lowers_the_hidden_state_distance_and_the_output_loss(
+    setup, gemma_tokenizer, taught_gemma_dir
+):
     tokenizer, new_ids, base_len = setup
     model = initialised(taught_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     start = model.get_input_embeddings().weight[base_len:].detach().clone()
     result = D.distill(model, tokenizer, gemma_tokenizer, LINES, new_ids, base_len, CONFIG)
-    hidden_before, output_before = objectives(model, tokenizer, gemma_tokenizer, new_ids, base_len, start, start)
-    hidden_after, output_after = objectives(model, tokenizer, gemma_tokenizer, new_ids, base_len, result.input_rows, result.output_rows)
-    assert output_before > 0.02, "the taught model predicts the pieces, so a mean-initialised row misses them"
+    hidden_before, output_before = objectives(
+        model, tokenizer, gemma_tokenizer, new_ids, base_len, start, start
+    )
+    hidden_after, output_after = objectives(
+        model, tokenizer, gemma_tokenizer, new_ids, base_len, result.input_rows, result.output_rows
+    )
+    assert output_before > 0.02, (
+        "the taught model predicts the pieces, so a mean-initialised row misses them"
+    )
     assert hidden_after < 0.8 * hidden_before
     assert output_after < 0.8 * output_before
     assert result.history[-1]["step"] == result.steps
 
 
-def test_a_tied_row_learns_its_input_side_while_its_logits_stay_put(setup, gemma_tokenizer, taught_gemma_dir):
+def test_a_tied_row_learns_its_input_side_while_its_logits_stay_put(
+    setup, gemma_tokenizer, taught_gemma_dir
+):
     """Freezing the directions the teacher's hidden states occupy keeps h·row (the new token's logit) nearly fixed."""
     tokenizer, new_ids, base_len = setup
     model = initialised(taught_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
@@ -103,34 +148,69 @@ def test_a_tied_row_learns_its_input_side_while_its_logits_stay_put(setup, gemma
     hidden = torch.cat([h.float() for h in targets.hidden])
     moved, learned = {}, {}
     for keep in (0.0, 0.9, 0.99):
-        config = D.DistillConfig(mode="tied", keep_output=keep, contexts_per_token=6, context_before=8, context_after=4, epochs=6, batch_size=4, learning_rate=1e-2)
+        config = D.DistillConfig(
+            mode="tied",
+            keep_output=keep,
+            contexts_per_token=6,
+            context_before=8,
+            context_after=4,
+            epochs=6,
+            batch_size=4,
+            learning_rate=1e-2,
+        )
         result = D.distill(model, tokenizer, gemma_tokenizer, LINES, new_ids, base_len, config)
         moved[keep] = (hidden @ (result.input_rows - start).T).abs().mean().item()
-        learned[keep] = objectives(model, tokenizer, gemma_tokenizer, new_ids, base_len, result.input_rows, start)[0]
+        learned[keep] = objectives(
+            model, tokenizer, gemma_tokenizer, new_ids, base_len, result.input_rows, start
+        )[0]
         assert result.output_rows is None and (result.stats["frozen_directions"] > 0) == (keep > 0)
     assert moved[0.99] < moved[0.9] < 0.6 * moved[0.0], moved
-    hidden_before = objectives(model, tokenizer, gemma_tokenizer, new_ids, base_len, start, start)[0]
+    hidden_before = objectives(model, tokenizer, gemma_tokenizer, new_ids, base_len, start, start)[
+        0
+    ]
     assert learned[0.9] < 0.9 * hidden_before, "the input side still learns"
 
 
-def test_rows_without_contexts_fall_back_to_their_starting_value(setup, gemma_tokenizer, tiny_gemma_dir):
+def test_rows_without_contexts_fall_back_to_their_starting_value(
+    setup, gemma_tokenizer, tiny_gemma_dir
+):
     tokenizer, new_ids, base_len = setup
     model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     start = model.get_input_embeddings().weight[base_len:].detach().clone()
-    result = D.distill(model, tokenizer, gemma_tokenizer, LINES, new_ids, base_len, D.DistillConfig(**{**CONFIG.__dict__, "mode": "tied", "output_weight": 0.0}))
+    result = D.distill(
+        model,
+        tokenizer,
+        gemma_tokenizer,
+        LINES,
+        new_ids,
+        base_len,
+        D.DistillConfig(**{**CONFIG.__dict__, "mode": "tied", "output_weight": 0.0}),
+    )
     no_context = new_ids[NEW.index("▁췌장염")]
     assert result.fallback == [no_context] and no_context not in result.distilled
     assert torch.equal(result.input_rows[no_context - base_len], start[no_context - base_len])
     assert not torch.equal(result.input_rows[0], start[0])
     D.apply(model, result, base_len)
     assert torch.equal(model.get_input_embeddings().weight[base_len:], result.input_rows)
-    assert torch.equal(model.lm_head.weight[base_len:], result.input_rows), "tied: one row reads and predicts"
+    assert torch.equal(model.lm_head.weight[base_len:], result.input_rows), (
+        "tied: one row reads and predicts"
+    )
 
 
-def test_rows_saved_and_loaded_round_trip_and_refuse_another_tokenizer(setup, gemma_tokenizer, tiny_gemma_dir, tmp_path):
+def test_rows_saved_and_loaded_round_trip_and_refuse_another_tokenizer(
+    setup, gemma_tokenizer, tiny_gemma_dir, tmp_path
+):
     tokenizer, new_ids, base_len = setup
     model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
-    result = D.distill(model, tokenizer, gemma_tokenizer, LINES, new_ids, base_len, D.DistillConfig(epochs=1, batch_size=8, contexts_per_token=2))
+    result = D.distill(
+        model,
+        tokenizer,
+        gemma_tokenizer,
+        LINES,
+        new_ids,
+        base_len,
+        D.DistillConfig(epochs=1, batch_size=8, contexts_per_token=2),
+    )
     D.save_rows(tmp_path, result)
     loaded = D.load_rows(tmp_path, len(new_ids))
     assert torch.equal(loaded.input_rows, result.input_rows) and loaded.fallback == result.fallback
@@ -145,14 +225,35 @@ def _run_in_child(tiny_gemma_dir, gemma_dir, checkpoint_dir, config):
     tokenizer.add_tokens(NEW)
     new_ids = list(range(len(gemma), len(tokenizer)))
     model = initialised(tiny_gemma_dir, gemma, tokenizer, new_ids, len(gemma))
-    D.distill(model, tokenizer, gemma, LINES * 4, new_ids, len(gemma), config, checkpoint_dir=checkpoint_dir)
+    D.distill(
+        model,
+        tokenizer,
+        gemma,
+        LINES * 4,
+        new_ids,
+        len(gemma),
+        config,
+        checkpoint_dir=checkpoint_dir,
+    )
 
 
-def test_a_killed_distillation_resumes_from_its_checkpoint(setup, gemma_tokenizer, gemma_dir, tiny_gemma_dir, tmp_path):
+def test_a_killed_distillation_resumes_from_its_checkpoint(
+    setup, gemma_tokenizer, gemma_dir, tiny_gemma_dir, tmp_path
+):
     tokenizer, new_ids, base_len = setup
-    config = D.DistillConfig(contexts_per_token=24, context_before=8, context_after=4, epochs=40, batch_size=2, learning_rate=1e-2, checkpoint_every=2)
+    config = D.DistillConfig(
+        contexts_per_token=24,
+        context_before=8,
+        context_after=4,
+        epochs=40,
+        batch_size=2,
+        learning_rate=1e-2,
+        checkpoint_every=2,
+    )
     checkpoint = tmp_path / "checkpoint"
-    child = multiprocessing.get_context("fork").Process(target=_run_in_child, args=(tiny_gemma_dir, gemma_dir, checkpoint, config))
+    child = multiprocessing.get_context("fork").Process(
+        target=_run_in_child, args=(tiny_gemma_dir, gemma_dir, checkpoint, config)
+    )
     child.start()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (checkpoint / D.STATE_FILE).exists():
@@ -161,8 +262,25 @@ def test_a_killed_distillation_resumes_from_its_checkpoint(setup, gemma_tokenize
     child.join()
     assert child.exitcode == -signal.SIGKILL and (checkpoint / D.STATE_FILE).exists()
     torch.set_num_threads(1)
-    resumed = D.distill(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len), tokenizer, gemma_tokenizer, LINES * 4, new_ids, base_len, config, checkpoint_dir=checkpoint)
+    resumed = D.distill(
+        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        tokenizer,
+        gemma_tokenizer,
+        LINES * 4,
+        new_ids,
+        base_len,
+        config,
+        checkpoint_dir=checkpoint,
+    )
     assert 0 < resumed.resumed_from < resumed.steps
-    fresh = D.distill(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len), tokenizer, gemma_tokenizer, LINES * 4, new_ids, base_len, config)
+    fresh = D.distill(
+        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        tokenizer,
+        gemma_tokenizer,
+        LINES * 4,
+        new_ids,
+        base_len,
+        config,
+    )
     torch.testing.assert_close(resumed.input_rows, fresh.input_rows, rtol=1e-4, atol=1e-5)
     assert [h["step"] for h in resumed.history] == list(range(1, resumed.steps + 1))

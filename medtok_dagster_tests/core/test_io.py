@@ -45,11 +45,22 @@ def test_read_jsonl_strict_names_file_and_line(tmp_path, payload, line, reason):
 
 
 def test_read_jsonl_lenient_counts_each_reason(tmp_path):
-    lines = [b'\xef\xbb\xbf{"q": "a"}', b'{"q": ', b'{"r": 1}', "{\"q\": \"환자\"}".encode("cp949"), b'{"q": "ok"}']
+    lines = [
+        b'\xef\xbb\xbf{"q": "a"}',
+        b'{"q": ',
+        b'{"r": 1}',
+        '{"q": "환자"}'.encode("cp949"),
+        b'{"q": "ok"}',
+    ]
     path = write(tmp_path / "mixed.jsonl", b"\n".join(lines) + b"\n")
     records, skips = read_jsonl(path, ["q"], lenient=True)
     assert [r.data["q"] for r in records] == ["a", "ok"]
-    assert skips.as_dict() == {"bom_stripped": 1, "invalid_utf8": 1, "malformed_json": 1, "missing_field": 1}
+    assert skips.as_dict() == {
+        "bom_stripped": 1,
+        "invalid_utf8": 1,
+        "malformed_json": 1,
+        "missing_field": 1,
+    }
     assert skips.examples[1] == f"{path}:2: malformed_json"
 
 

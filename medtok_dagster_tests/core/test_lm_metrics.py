@@ -57,7 +57,10 @@ def test_padded_batch_scores_the_same_as_one_text_at_a_time(model, gemma_tokeniz
     batched = L.text_bits(model, gemma_tokenizer, TEXTS, token_budget=4096)
     alone = [L.text_bits(model, gemma_tokenizer, [t])[0] for t in TEXTS]
     assert batched == pytest.approx(alone, rel=1e-4)
-    by_hand = [direct_bits(model, [gemma_tokenizer.bos_token_id, *ids]) for ids in L.encode_plain(gemma_tokenizer, TEXTS)]
+    by_hand = [
+        direct_bits(model, [gemma_tokenizer.bos_token_id, *ids])
+        for ids in L.encode_plain(gemma_tokenizer, TEXTS)
+    ]
     assert batched == pytest.approx(by_hand, rel=1e-4)
 
 
@@ -65,14 +68,24 @@ def test_score_counts_every_character_and_token(model, gemma_tokenizer):
     score = L.score_texts(model, gemma_tokenizer, TEXTS)
     assert score.chars == sum(map(len, TEXTS))
     assert score.tokens == sum(len(i) for i in L.encode_plain(gemma_tokenizer, TEXTS))
-    assert score.bits_per_char == pytest.approx(sum(L.text_bits(model, gemma_tokenizer, TEXTS)) / score.chars)
+    assert score.bits_per_char == pytest.approx(
+        sum(L.text_bits(model, gemma_tokenizer, TEXTS)) / score.chars
+    )
     assert score.loss_per_token == pytest.approx(score.bits * math.log(2) / score.tokens)
 
 
 QUESTIONS = [
-    L.Question("당뇨병 환자의 혈당 조절에 쓰는 약은?", ("인슐린", "아스피린", "항생제", "진통제", "수면제"), 0),
+    L.Question(
+        "당뇨병 환자의 혈당 조절에 쓰는 약은?",
+        ("인슐린", "아스피린", "항생제", "진통제", "수면제"),
+        0,
+    ),
     L.Question("고혈압의 합병증은?", ("골절", "뇌졸중", "감기", "탈모", "근시"), 1),
-    L.Question("급성 충수염의 수술은?", ("백내장 수술", "발치", "충수절제술", "제왕절개", "관상동맥우회술"), 2),
+    L.Question(
+        "급성 충수염의 수술은?",
+        ("백내장 수술", "발치", "충수절제술", "제왕절개", "관상동맥우회술"),
+        2,
+    ),
     L.Question("결핵의 원인균은?", ("대장균", "포도상구균", "연쇄상구균", "결핵균", "폐렴구균"), 3),
 ]
 
@@ -88,16 +101,26 @@ def test_shared_prefix_scoring_equals_the_naive_per_option_loop(model, gemma_tok
 def test_exam_accuracy_on_a_fixture_whose_answers_are_known(tiny_gemma_dir, gemma_tokenizer):
     """A model trained on the right answers picks them; relabelled to a wrong option, it scores zero."""
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
-    documents = [L.encode_plain(gemma_tokenizer, [L.option_texts(q)[0] + L.option_texts(q)[1][q.answer]])[0] for q in QUESTIONS]
+    documents = [
+        L.encode_plain(gemma_tokenizer, [L.option_texts(q)[0] + L.option_texts(q)[1][q.answer]])[0]
+        for q in QUESTIONS
+    ]
     blocks = [[gemma_tokenizer.bos_token_id, *d, gemma_tokenizer.eos_token_id] for d in documents]
     longest = max(map(len, blocks))
     blocks = [b + [gemma_tokenizer.pad_token_id] * (longest - len(b)) for b in blocks]
     for p in model.parameters():
         p.requires_grad_(True)
-    T.quick_train(model, blocks, gemma_tokenizer.bos_token_id, steps=60, learning_rate=3e-3, batch_size=4)
+    T.quick_train(
+        model, blocks, gemma_tokenizer.bos_token_id, steps=60, learning_rate=3e-3, batch_size=4
+    )
     scores = L.score_options(model, gemma_tokenizer, QUESTIONS)
     right = L.exam_accuracy(QUESTIONS, scores)
-    assert (right.accuracy, right.accuracy_unnormalised, right.questions, right.chance) == (1.0, 1.0, 4, 0.2)
+    assert (right.accuracy, right.accuracy_unnormalised, right.questions, right.chance) == (
+        1.0,
+        1.0,
+        4,
+        0.2,
+    )
     wrong = [L.Question(q.question, q.options, (q.answer + 1) % 5) for q in QUESTIONS]
     assert L.exam_accuracy(wrong, scores).accuracy == 0.0
 
@@ -116,7 +139,10 @@ def test_wilson_interval_matches_the_textbook_values():
 
 
 def test_records_become_questions_with_zero_based_answers():
-    records = [{"question": "q", "A": "a", "B": "b", "C": "c", "D": "d", "E": "e", "answer": 3}, {"question": "bad", "A": "a", "answer": 9}]
+    records = [
+        {"question": "q", "A": "a", "B": "b", "C": "c", "D": "d", "E": "e", "answer": 3},
+        {"question": "bad", "A": "a", "answer": 9},
+    ]
     assert L.questions_from_records(records) == [L.Question("q", ("a", "b", "c", "d", "e"), 2)]
 
 
@@ -131,5 +157,9 @@ def test_exam_pass_scores_the_question_texts_as_score_texts_does(model, gemma_to
     """The exam row's bits/char come from the same forward pass as the options, and equal the plain metric."""
     exam = L.score_exam(model, gemma_tokenizer, QUESTIONS)
     plain = L.score_texts(model, gemma_tokenizer, [q.question for q in QUESTIONS])
-    assert (exam.questions.tokens, exam.questions.chars, exam.questions.texts) == (plain.tokens, plain.chars, 4)
+    assert (exam.questions.tokens, exam.questions.chars, exam.questions.texts) == (
+        plain.tokens,
+        plain.chars,
+        4,
+    )
     assert exam.questions.bits == pytest.approx(plain.bits, rel=1e-4)

@@ -1,4 +1,11 @@
-from medtok_dagster.core.text import find_leaks, hangul_runs, is_pure_hangul, normalize, shingle_key, shingles
+from medtok_dagster.core.text import (
+    find_leaks,
+    hangul_runs,
+    is_pure_hangul,
+    normalize,
+    shingle_key,
+    shingles,
+)
 
 
 def test_normalize_composes_and_collapses_whitespace():
@@ -18,8 +25,14 @@ def test_shingles_ignore_spacing_and_punctuation():
 
 
 def test_find_leaks_flags_copied_question_only():
-    held_out = {"t1": "58세 남자가 3시간 전부터 시작된 가슴 통증으로 응급실에 왔다.", "t2": "소아의 열성 경련에서 가장 흔한 원인은?"}
-    training = ["전혀 다른 문장입니다.", "58세 남자가 3시간 전부터 시작된 가슴통증으로 응급실에 왔다. 혈압은 정상이다."]
+    held_out = {
+        "t1": "58세 남자가 3시간 전부터 시작된 가슴 통증으로 응급실에 왔다.",
+        "t2": "소아의 열성 경련에서 가장 흔한 원인은?",
+    }
+    training = [
+        "전혀 다른 문장입니다.",
+        "58세 남자가 3시간 전부터 시작된 가슴통증으로 응급실에 왔다. 혈압은 정상이다.",
+    ]
     leaks, scanned = find_leaks(held_out, training)
     assert scanned == 2
     assert [leak.question_id for leak in leaks] == ["t1"]

@@ -28,18 +28,40 @@ def initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len):
 
 def test_profiles_match_the_prototype():
     four, big = T.profile("medgemma-4b"), T.profile("medgemma-27b")
-    assert (four.r, four.alpha, four.dropout, four.learning_rate, four.per_device_batch * four.grad_accum) == (64, 128, 0.05, 1e-4, 32)
-    assert (big.learning_rate, big.per_device_batch * big.grad_accum, big.train_new_rows) == (5e-5, 32, False)
+    assert (
+        four.r,
+        four.alpha,
+        four.dropout,
+        four.learning_rate,
+        four.per_device_batch * four.grad_accum,
+    ) == (64, 128, 0.05, 1e-4, 32)
+    assert (big.learning_rate, big.per_device_batch * big.grad_accum, big.train_new_rows) == (
+        5e-5,
+        32,
+        False,
+    )
     assert T.embedding_mode(big) == "frozen" and T.embedding_mode(four) == "trainable_tokens"
     with pytest.raises(ValueError, match="unknown LoRA profile"):
         T.profile("medgemma-2b")
 
 
 @pytest.mark.parametrize("mode", T.EMBEDDING_MODES)
-def test_reloaded_adapter_reproduces_trained_logits(mode, setup, gemma_tokenizer, tiny_gemma_dir, tmp_path):
+def test_reloaded_adapter_reproduces_trained_logits(
+    mode, setup, gemma_tokenizer, tiny_gemma_dir, tmp_path
+):
     tokenizer, new_ids, base_len = setup
-    model = T.attach_lora(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len), T.profile("embedded"), new_ids, mode)
-    blocks = T.pack_blocks(tokenizer([TEXT] * 4, add_special_tokens=False)["input_ids"], 8, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    model = T.attach_lora(
+        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        T.profile("embedded"),
+        new_ids,
+        mode,
+    )
+    blocks = T.pack_blocks(
+        tokenizer([TEXT] * 4, add_special_tokens=False)["input_ids"],
+        8,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+    )
     T.quick_train(model, blocks, tokenizer.bos_token_id, steps=2, learning_rate=1e-2, batch_size=2)
     ids = tokenizer(TEXT, return_tensors="pt").input_ids
     with torch.no_grad():
@@ -61,10 +83,20 @@ def test_reloaded_adapter_reproduces_trained_logits(mode, setup, gemma_tokenizer
 def test_27b_profile_freezes_embeddings(setup, gemma_tokenizer, tiny_gemma_dir):
     tokenizer, new_ids, base_len = setup
     lora = T.profile("medgemma-27b")
-    model = T.attach_lora(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len), lora, new_ids, T.embedding_mode(lora))
+    model = T.attach_lora(
+        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        lora,
+        new_ids,
+        T.embedding_mode(lora),
+    )
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
-    four = T.attach_lora(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len), T.profile("medgemma-4b"), new_ids, "trainable_tokens")
+    four = T.attach_lora(
+        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        T.profile("medgemma-4b"),
+        new_ids,
+        "trainable_tokens",
+    )
     assert any("trainable_tokens" in name for name, p in four.named_parameters() if p.requires_grad)
 
 
@@ -78,7 +110,9 @@ def test_every_packed_block_starts_with_bos_and_documents_are_bos_text_eos():
     text = [t for b in blocks for t in b if t not in (bos, eos)]
     assert text == [10, 11, 12, 20, 21, 30, 31, 32, 33, 34, 35, 36, 40][: len(text)]
     labels = T.block_labels(torch.tensor(blocks), bos)
-    assert (labels[torch.tensor(blocks) == bos] == -100).all() and (labels[torch.tensor(blocks) != bos] >= 0).all()
+    assert (labels[torch.tensor(blocks) == bos] == -100).all() and (
+        labels[torch.tensor(blocks) != bos] >= 0
+    ).all()
 
 
 def test_packed_dataset_from_real_text_starts_every_block_with_bos(gemma_tokenizer):
@@ -88,14 +122,22 @@ def test_packed_dataset_from_real_text_starts_every_block_with_bos(gemma_tokeniz
     assert all(label[0] == -100 for label in dataset["labels"])
 
 
-def test_lora_on_an_image_text_model_targets_the_language_model_only(gemma_tokenizer, tiny_medgemma_dir, tmp_path):
+def test_lora_on_an_image_text_model_targets_the_language_model_only(
+    gemma_tokenizer, tiny_medgemma_dir, tmp_path
+):
     model = AutoModelForCausalLM.from_pretrained(tiny_medgemma_dir)
     assert type(model).__name__ == "Gemma3ForConditionalGeneration"
-    assert any(name.endswith("q_proj") and "vision_tower" in name for name, _ in model.named_modules()), "the SigLIP tower has q_proj"
+    assert any(
+        name.endswith("q_proj") and "vision_tower" in name for name, _ in model.named_modules()
+    ), "the SigLIP tower has q_proj"
     base_len = len(gemma_tokenizer) + 1
     new_ids = [base_len, base_len + 1]
     peft_model = T.attach_lora(model, T.profile("medgemma-4b"), new_ids, "trainable_tokens")
-    lora = [name for name, module in peft_model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
+    lora = [
+        name
+        for name, module in peft_model.named_modules()
+        if hasattr(module, "lora_A") and len(module.lora_A)
+    ]
     assert len(lora) == 2 * 7 and all(".language_model." in name for name in lora)
     assert T.lora_module_count(peft_model, T.NON_LANGUAGE_MODULES) == 0
     T.save_adapter(peft_model, gemma_tokenizer, tmp_path, new_ids, "trainable_tokens")

@@ -85,10 +85,16 @@ def test_rejects_bad_ranges():
 def test_reads_parquet_files_and_numbers_lines_across_them(tmp_path: Path):
     first = write_parquet(tmp_path / "a.parquet", FIXTURE)
     second = write_parquet(tmp_path / "b.parquet", FIXTURE)
-    pd.testing.assert_frame_equal(vocab.count_hangul_ngrams(first), expected_frame(FIXTURE_EXPECTED))
-    pd.testing.assert_frame_equal(vocab.count_hangul_ngrams(str(first)), expected_frame(FIXTURE_EXPECTED))
+    pd.testing.assert_frame_equal(
+        vocab.count_hangul_ngrams(first), expected_frame(FIXTURE_EXPECTED)
+    )
+    pd.testing.assert_frame_equal(
+        vocab.count_hangul_ngrams(str(first)), expected_frame(FIXTURE_EXPECTED)
+    )
     doubled = [(g, n, 2 * c, 2 * d, 2 * w) for g, n, c, d, w in FIXTURE_EXPECTED]
-    pd.testing.assert_frame_equal(vocab.count_hangul_ngrams([first, second]), expected_frame(doubled))
+    pd.testing.assert_frame_equal(
+        vocab.count_hangul_ngrams([first, second]), expected_frame(doubled)
+    )
 
 
 def test_parquet_without_text_column_is_located(tmp_path: Path):
@@ -102,7 +108,24 @@ def random_korean_lines(count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     syllables = [chr(0xAC00 + i * 97) for i in range(60)]
     words = ["".join(rng.choices(syllables, k=rng.randint(1, 7))) for _ in range(150)]
-    separators = [" ", " ", " ", "  ", "\t", "\u3000", "\u00a0", "\n", "", "-", "(", ")", ".", "abc", "12", "ㄱ"]
+    separators = [
+        " ",
+        " ",
+        " ",
+        "  ",
+        "\t",
+        "\u3000",
+        "\u00a0",
+        "\n",
+        "",
+        "-",
+        "(",
+        ")",
+        ".",
+        "abc",
+        "12",
+        "ㄱ",
+    ]
     lines = []
     for _ in range(count):
         parts = [rng.choice(words) + rng.choice(separators) for _ in range(rng.randint(0, 12))]
@@ -114,7 +137,9 @@ def random_korean_lines(count: int, seed: int) -> list[str]:
 @pytest.mark.parametrize(("min_n", "max_n", "min_count"), [(2, 5, 1), (1, 3, 2), (3, 6, 1)])
 def test_duckdb_matches_python_oracle(min_n: int, max_n: int, min_count: int):
     lines = random_korean_lines(400, seed=min_n * 10 + max_n)
-    fast = vocab.count_hangul_ngrams(lines, min_n=min_n, max_n=max_n, min_count=min_count, threads=2)
+    fast = vocab.count_hangul_ngrams(
+        lines, min_n=min_n, max_n=max_n, min_count=min_count, threads=2
+    )
     oracle = vocab.count_hangul_ngrams_python(lines, min_n=min_n, max_n=max_n, min_count=min_count)
     assert len(oracle) > 500
     pd.testing.assert_frame_equal(fast, oracle)
@@ -123,10 +148,15 @@ def test_duckdb_matches_python_oracle(min_n: int, max_n: int, min_count: int):
 def test_duckdb_matches_python_oracle_on_very_long_lines():
     short = random_korean_lines(60, seed=7)
     lines = [" ".join(short * 20), "당뇨병 " * 700, *short]
-    pd.testing.assert_frame_equal(vocab.count_hangul_ngrams(lines), vocab.count_hangul_ngrams_python(lines))
+    pd.testing.assert_frame_equal(
+        vocab.count_hangul_ngrams(lines), vocab.count_hangul_ngrams_python(lines)
+    )
 
 
-BPE_LINES = ["당뇨병 환자 당뇨병 치료"] * 60 + ["당뇨병성 신증 환자의 치료", "고혈압 환자  당뇨병"] * 10
+BPE_LINES = ["당뇨병 환자 당뇨병 치료"] * 60 + [
+    "당뇨병성 신증 환자의 치료",
+    "고혈압 환자  당뇨병",
+] * 10
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +171,9 @@ def test_bpe_learns_word_initial_and_inner_pieces(bpe):
     assert bpe.encode("당뇨병 당뇨병").tokens == ["당뇨병", f"{WORD_BOUNDARY}당뇨병"]
 
 
-@pytest.mark.parametrize("line", ["당뇨병 환자 치료", " 당뇨병  환자", "고혈압 환자의 치료 ", "당뇨병성 신증"])
+@pytest.mark.parametrize(
+    "line", ["당뇨병 환자 치료", " 당뇨병  환자", "고혈압 환자의 치료 ", "당뇨병성 신증"]
+)
 def test_bpe_decode_round_trips(bpe, line: str):
     assert bpe.decode(bpe.encode(line).ids) == line
 
@@ -151,8 +183,15 @@ def test_bpe_vocab_frame_flags_and_frequencies(bpe):
     assert list(frame.columns) == list(vocab.BPE_COLUMNS)
     assert frame["id"].tolist() == sorted(frame["id"]) and len(frame) == bpe.get_vocab_size()
     row = frame.set_index("token").loc[f"{WORD_BOUNDARY}당뇨병"]
-    assert (row["word_initial"], row["surface"], row["length"], row["is_hangul"]) == (True, "당뇨병", 3, True)
-    used = sum(encoding.tokens.count(f"{WORD_BOUNDARY}당뇨병") for encoding in bpe.encode_batch(BPE_LINES))
+    assert (row["word_initial"], row["surface"], row["length"], row["is_hangul"]) == (
+        True,
+        "당뇨병",
+        3,
+        True,
+    )
+    used = sum(
+        encoding.tokens.count(f"{WORD_BOUNDARY}당뇨병") for encoding in bpe.encode_batch(BPE_LINES)
+    )
     assert row["frequency"] == used > 0
     singles = frame[frame["length"] <= 1]
     assert "병" in set(singles["token"]) and WORD_BOUNDARY in set(singles["token"])
@@ -172,7 +211,8 @@ def test_save_and_load_bpe(tmp_path: Path, bpe):
 
 def ngram_table(rows: list[tuple[str, int]]) -> pd.DataFrame:
     return pd.DataFrame(
-        [(gram, len(gram), count, count, 0) for gram, count in rows], columns=list(vocab.NGRAM_COLUMNS)
+        [(gram, len(gram), count, count, 0) for gram, count in rows],
+        columns=list(vocab.NGRAM_COLUMNS),
     )
 
 
@@ -185,36 +225,81 @@ def bpe_table(rows: list[tuple[str, int]]) -> pd.DataFrame:
             "word_initial": [token.startswith(WORD_BOUNDARY) for token, _ in rows],
             "surface": surfaces,
             "length": [len(surface) for surface in surfaces],
-            "is_hangul": [bool(surface) and all("가" <= ch <= "힣" for ch in surface) for surface in surfaces],
+            "is_hangul": [
+                bool(surface) and all("가" <= ch <= "힣" for ch in surface) for surface in surfaces
+            ],
             "frequency": [frequency for _, frequency in rows],
         }
     )
 
 
-NGRAMS = ngram_table([("당뇨", 50), ("혈압", 2), ("당뇨병", 40), ("고혈압성", 5), ("심근경색", 4), ("신부전증", 9), ("뇨병성신", 3)])
-BPE_VOCAB = bpe_table([("당", 90), ("▁당뇨병", 30), ("당뇨병", 5), ("▁환자", 20), ("환자", 1), ("abc", 99), ("▁치료", 2), ("▁", 400)])
+NGRAMS = ngram_table(
+    [
+        ("당뇨", 50),
+        ("혈압", 2),
+        ("당뇨병", 40),
+        ("고혈압성", 5),
+        ("심근경색", 4),
+        ("신부전증", 9),
+        ("뇨병성신", 3),
+    ]
+)
+BPE_VOCAB = bpe_table(
+    [
+        ("당", 90),
+        ("▁당뇨병", 30),
+        ("당뇨병", 5),
+        ("▁환자", 20),
+        ("환자", 1),
+        ("abc", 99),
+        ("▁치료", 2),
+        ("▁", 400),
+    ]
+)
 
 
 def test_medical_priority_rules():
-    frame = vocab.select_medical_tokens(["인슐린", "당뇨병", "인슐린"], NGRAMS, BPE_VOCAB, min_freq=3)
+    frame = vocab.select_medical_tokens(
+        ["인슐린", "당뇨병", "인슐린"], NGRAMS, BPE_VOCAB, min_freq=3
+    )
     assert list(frame.columns) == list(vocab.SELECTION_COLUMNS)
-    assert frame["token"].tolist() == ["인슐린", "당뇨병", "환자", "신부전증", "고혈압성", "심근경색", "뇨병성신", "당뇨"]
+    assert frame["token"].tolist() == [
+        "인슐린",
+        "당뇨병",
+        "환자",
+        "신부전증",
+        "고혈압성",
+        "심근경색",
+        "뇨병성신",
+        "당뇨",
+    ]
     assert frame["source"].tolist() == ["dictionary"] * 2 + ["bpe_medical"] + ["ngram"] * 5
     assert frame["priority"].tolist() == list(range(1, 9))
     assert frame.set_index("token")["frequency"].to_dict() == {
-        "인슐린": 0, "당뇨병": 40, "환자": 21, "뇨병성신": 3, "신부전증": 9, "고혈압성": 5, "심근경색": 4, "당뇨": 50,
+        "인슐린": 0,
+        "당뇨병": 40,
+        "환자": 21,
+        "뇨병성신": 3,
+        "신부전증": 9,
+        "고혈압성": 5,
+        "심근경색": 4,
+        "당뇨": 50,
     }
     assert "혈압" not in set(frame["token"]) and "치료" not in set(frame["token"])
 
 
 def test_medical_cap():
-    frame = vocab.select_medical_tokens(["인슐린", "당뇨병"], NGRAMS, BPE_VOCAB, max_tokens=3, min_freq=3)
+    frame = vocab.select_medical_tokens(
+        ["인슐린", "당뇨병"], NGRAMS, BPE_VOCAB, max_tokens=3, min_freq=3
+    )
     assert frame["token"].tolist() == ["인슐린", "당뇨병", "환자"]
 
 
 def test_general_excludes_medical_and_keeps_budget():
     medical = vocab.select_medical_tokens(["당뇨병"], NGRAMS, BPE_VOCAB, max_tokens=2, min_freq=3)
-    general = vocab.select_general_tokens(NGRAMS, BPE_VOCAB, set(medical["token"]), max_tokens=3, min_freq=4)
+    general = vocab.select_general_tokens(
+        NGRAMS, BPE_VOCAB, set(medical["token"]), max_tokens=3, min_freq=4
+    )
     assert set(medical["token"]) == {"당뇨병", "환자"}
     assert general["token"].tolist() == ["신부전증", "고혈압성", "심근경색"]
     assert general["source"].tolist() == ["ngram"] * 3
