@@ -33,7 +33,7 @@ from medtok_dagster.assets.model import (
     training_lines,
 )
 from medtok_dagster.core import base_model as core_base_model
-from medtok_dagster.core import distill, lm_metrics
+from medtok_dagster.core import distill, lm_metrics, training
 from medtok_dagster.resources import build_resources
 
 OPTIONS = {
@@ -56,6 +56,11 @@ def main() -> None:
         "--tokens", type=int, default=300, help="new tokens distilled (most frequent first)"
     )
     parser.add_argument("--contexts", type=int, default=4)
+    parser.add_argument(
+        "--before", type=int, default=16, help="context tokens before the new token"
+    )
+    parser.add_argument("--after", type=int, default=6, help="context tokens after it")
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--variant", default="ded_medical")
@@ -66,7 +71,8 @@ def main() -> None:
     paths, base_model = resources["paths"], resources["base_model"]
     held_out = [q.question for q in readers.exam_questions(paths)][: args.questions]
     source = base_model.source()
-    base = core_base_model.load_causal_lm(source)
+    dtype = training.inference_settings()[1]
+    base = core_base_model.load_causal_lm(source, dtype=dtype)
     base_tokenizer = core_base_model.load_tokenizer(source)
     reference = lm_metrics.score_texts(base, base_tokenizer, held_out)
     del base
@@ -79,9 +85,12 @@ def main() -> None:
     )
     hidden = model.config.get_text_config().hidden_size
     results["subtoken_mean"] = {
-        "bits_per_char": round(lm_metrics.score_texts(model, tokenizer, held_out).bits_per_char, 4)
+        "bits_per_char": round(
+            lm_metrics.score_texts(model.to(dtype), tokenizer, held_out).bits_per_char, 4
+        )
     }
-    for name, settings in OPTIONS.items():
+    for name in args.options:
+        settings = OPTIONS[name]
         model, tokenizer, _ = build_initialized(
             base_model, paths, args.variant, tokens, "subtoken_mean", None
         )
@@ -90,8 +99,8 @@ def main() -> None:
         config = distill.DistillConfig(
             max_tokens=args.tokens,
             contexts_per_token=args.contexts,
-            context_before=16,
-            context_after=6,
+            context_before=args.before,
+            context_after=args.after,
             epochs=args.epochs,
             **settings,
         )
@@ -101,11 +110,13 @@ def main() -> None:
         )
         seconds = time.perf_counter() - started
         distill.apply(model, result, base_len)
-        score = lm_metrics.score_texts(model, tokenizer, held_out)
+        coverage, _ = distill.coverage(tokenizer, base_len, set(result.distilled), held_out)
+        score = lm_metrics.score_texts(model.to(dtype), tokenizer, held_out)
         results[name] = {
             "bits_per_char": round(score.bits_per_char, 4),
             "vs_base": round(score.bits_per_char / reference.bits_per_char - 1, 4),
             "distilled_tokens": len(result.distilled),
+            "heldout_coverage": round(coverage, 4),
             "contexts": result.contexts,
             "seconds": round(seconds, 1),
             "seconds_per_distilled_token": round(seconds / max(len(result.distilled), 1), 4),
@@ -122,7 +133,15 @@ def main() -> None:
                 "machine": machine(
                     torch=torch.__version__, torch_threads=str(torch.get_num_threads())
                 ),
-                "model": "embedded gemma3-270m (fp32, hidden 640)",
+                "model": "embedded gemma3-270m (hidden 640), distilled in fp32 with bf16 autocast",
+                "scored_in": str(dtype).removeprefix("torch."),
+                "settings": {
+                    "tokens": args.tokens or "all",
+                    "contexts_per_token": args.contexts,
+                    "context_before": args.before,
+                    "context_after": args.after,
+                    "epochs": args.epochs,
+                },
                 "variant": args.variant,
                 "new_tokens": len(tokens),
                 "held_out_questions": len(held_out),

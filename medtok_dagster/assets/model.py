@@ -138,13 +138,6 @@ class DistillAssetConfig(dg.Config):
         return distill.DistillConfig(mode="tied", **settings)
 
 
-def coverage(tokenizer, base_len: int, distilled: set[int], texts: list[str]) -> tuple[float, int]:
-    """Share of new-token occurrences in ``texts`` whose rows were distilled, and the occurrence count."""
-    counts = distill.count_occurrences(lm_metrics.encode_plain(tokenizer, texts), base_len)
-    total = sum(counts.values())
-    return (sum(n for i, n in counts.items() if i in distilled) / total if total else 0.0), total
-
-
 @dg.asset(
     partitions_def=variant_partitions,
     group_name=GROUP,
@@ -185,7 +178,7 @@ def distilled_embeddings(
     )
     seconds = time.monotonic() - started
     held_out = [q.question for q in exam_questions(paths)] + general_heldout_lines(paths)
-    share, occurrences = coverage(tokenizer, base_len, set(result.distilled), held_out)
+    share, occurrences = distill.coverage(tokenizer, base_len, set(result.distilled), held_out)
     info = {
         "variant": variant,
         "base_model": base_model.name_or_path,

@@ -12,6 +12,7 @@ from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import metrics, tokenizer_build
 from medtok_dagster.core.dedicated import is_special_char
 from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_jsonl
+from medtok_dagster.core.text import WORD_BOUNDARY
 from medtok_dagster.core.variants import (
     DEFAULT_BUDGETS,
     VARIANT_TIERS,
@@ -80,7 +81,7 @@ def split_tier1(
     forced = dedicated_tokens[dedicated_tokens["source"] == "dictionary"]
     notation = dedicated_tokens[dedicated_tokens["source"] == "notation"]
     sources = {
-        token.replace(" ", tokenizer_build.WORD_BOUNDARY): source
+        token.replace(" ", WORD_BOUNDARY): source
         for token, source in zip(fixed["token"], fixed["source"])
     }
     return (

@@ -125,6 +125,19 @@ def count_occurrences(encoded: Sequence[Sequence[int]], base_len: int) -> Counte
     return counts
 
 
+def coverage(
+    tokenizer: Any, base_len: int, distilled: set[int], texts: Sequence[str]
+) -> tuple[float, int]:
+    """Share of new-token occurrences in ``texts`` whose rows were distilled, and the occurrence count.
+
+    On held-out text this says how much of what a reader meets the learned rows carry; the rest
+    is read through the fallback (``subtoken_mean``) rows.
+    """
+    counts = count_occurrences(encode_plain(tokenizer, list(texts)), base_len)
+    total = sum(counts.values())
+    return (sum(n for i, n in counts.items() if i in distilled) / total if total else 0.0), total
+
+
 def _window(line: Sequence[int], position: int, before: int, after: int) -> tuple[int, int]:
     return max(position - before, 0), min(position + after + 1, len(line))
 

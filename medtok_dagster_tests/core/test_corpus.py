@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from medtok_dagster.core import corpus
 from medtok_dagster.core.corpus import (
     SHARD_SUFFIXES,
     detect_text_column,
@@ -25,6 +24,8 @@ from medtok_dagster.core.corpus import (
     split_heldout_arrow,
     write_lines_parquet,
 )
+from medtok_dagster.core.corpus import lines as corpus_lines
+from medtok_dagster.core.corpus import reservoir as corpus_reservoir
 from medtok_dagster.core.io import InputError, SkipReport
 from medtok_dagster.core.text import has_hangul, normalize
 
@@ -186,7 +187,7 @@ def test_batches_cut_into_small_slices_give_the_same_lines(tmp_path, monkeypatch
     save_dataset(tmp_path / "c" / "ds", {"text": DOCS * 30}, shard_size="1MB")
     shard = discover_shards(tmp_path / "c")[0]
     whole = list(iter_shard_texts(shard, "text"))
-    monkeypatch.setattr(corpus, "_SLICE_BYTES", 40)
+    monkeypatch.setattr(corpus_lines, "_SLICE_BYTES", 40)
     assert list(iter_shard_texts(shard, "text")) == whole == reference_lines(DOCS * 30)
 
 
@@ -217,7 +218,7 @@ def test_sample_equals_reservoir_sample_over_the_streamed_lines(mixed_corpus, n)
 
 def test_sample_is_the_same_whatever_the_matching_batch(mixed_corpus, monkeypatch):
     whole = sample_corpus(mixed_corpus, 300, seed=5)
-    monkeypatch.setattr(corpus, "_FINISH_BYTES", 100)
+    monkeypatch.setattr(corpus_reservoir, "_FINISH_BYTES", 100)
     batched = sample_corpus(mixed_corpus, 300, seed=5)
     assert batched.lines.to_pylist() == whole.lines.to_pylist()
     assert batched.lines.num_chunks > 1
@@ -327,7 +328,9 @@ def test_corrupt_arrow_shard_strict_error_lenient_skip(tmp_path):
 
 
 def test_characters_normalize_may_change_lie_in_the_scanned_ranges():
-    assert corpus._unnormal_code_points(range(0x110000)) == corpus._unnormal_code_points()
+    assert (
+        corpus_lines._unnormal_code_points(range(0x110000)) == corpus_lines._unnormal_code_points()
+    )
 
 
 TRICKY = [
@@ -398,11 +401,11 @@ def test_finished_lines_equal_normalize_on_tricky_text():
         "\u1112\u1161\u11ab",
     ]
     lines += ["".join(rng.choice(TRICKY) for _ in range(rng.randint(1, 12))) for _ in range(5000)]
-    finished = corpus._finished_lines(pa.array(lines, pa.large_string()))
+    finished = corpus_lines._finished_lines(pa.array(lines, pa.large_string()))
     assert finished.type == pa.large_string()
     assert finished.to_pylist() == [normalize(line) for line in lines]
     plain = pa.array(["가나다", "서울은 수도이다. “인용” 《책》 漢字 1995"], pa.large_string())
-    assert corpus._finished_lines(plain) is plain
+    assert corpus_lines._finished_lines(plain) is plain
 
 
 def test_parquet_round_trip_is_atomic(tmp_path):
