@@ -24,7 +24,6 @@ import duckdb
 from _machine import machine
 from transformers import AutoTokenizer
 
-from medtok_dagster.assets.tokenizers import split_tier1
 from medtok_dagster.core import metrics, tokenizer_build
 from medtok_dagster.core.base_model import ensure_embedded
 from medtok_dagster.core.corpus import read_lines_parquet
@@ -44,7 +43,7 @@ def tables() -> dict:
 
 def build(base, strategy: str, budget: int, out: Path):
     frames = tables()
-    tier1, _, forced, notation = split_tier1(frames["dedicated_tokens"])
+    tier1, _, forced, notation = tokenizer_build.split_tier1(frames["dedicated_tokens"])
     pool = frames["candidate_tokens"][frames["candidate_tokens"]["tier"] == "medical"]
     units = tokenizer_build.unit_frequencies(
         read_lines_parquet(MODEL / "corpora" / "medical_corpus.parquet")

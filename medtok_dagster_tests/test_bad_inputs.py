@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 from medtok_dagster import checks, layout
-from medtok_dagster.assets import corpora, dedicated, descriptions, tokenizers
+from medtok_dagster.assets import corpora, dedicated, descriptions
 from medtok_dagster.assets.raw import build_corpora_source
 from medtok_dagster.assets.training import trained_adapter
 from medtok_dagster.core import base_model as core_base_model
@@ -373,7 +373,7 @@ def test_a_string_in_several_tiers_is_one_entry_of_the_built_tokenizer(
     ``tokenizer_variants`` asset does, and each shared string must be one vocabulary entry."""
     shared = ["중환자실", "환자실"]
     tier1 = combine_dedicated([("℃", 5)], ["question:", *shared], ["중환자실", "심근경색"])
-    fixed, sources, forced, notation = tokenizers.split_tier1(tier1)
+    fixed, sources, forced, notation = tb.split_tier1(tier1)
     candidates = notation + [
         tb.Candidate(s, tier)
         for tier in ("medical", "general")

@@ -1,8 +1,6 @@
 """New rows for the extended vocabulary: distilled rows, initialised models, and the measured strategy comparison."""
 
-import copy
 import time
-from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -10,7 +8,7 @@ from pydantic import field_validator
 
 from medtok_dagster import layout
 from medtok_dagster.core import base_model as core_base_model
-from medtok_dagster.core import distill, embeddings, lm_metrics, training
+from medtok_dagster.core import distill, embeddings, evaluation, lm_metrics, training
 from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_json
 from medtok_dagster.core.variants import VARIANTS
 from medtok_dagster.metadata import md_counts, md_plot, md_table
@@ -351,25 +349,6 @@ class InitComparisonConfig(dg.Config):
         return eval_texts
 
 
-def comparison_rows(
-    strategy: str, stage: str, score: lm_metrics.TextScore, reference: lm_metrics.TextScore
-) -> dict[str, object]:
-    """One row of the comparison: the fair metric, and how far from the base model it is."""
-    return {
-        "strategy": strategy,
-        "stage": stage,
-        **score.as_row(),
-        "vs_base": round(score.bits_per_char / reference.bits_per_char - 1, 4),
-    }
-
-
-def in_precision(model: Any, dtype: Any, keep: bool) -> Any:
-    """The model in the scoring precision (that of the base reference); a copy when the original still trains."""
-    if model.dtype == dtype:
-        return model
-    return copy.deepcopy(model).to(dtype) if keep else model.to(dtype)
-
-
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "duckdb"},
@@ -399,18 +378,22 @@ def init_comparison(
     base = core_base_model.load_causal_lm(source, dtype=dtype).to(device)
     reference = lm_metrics.score_texts(base, core_base_model.load_tokenizer(source), held_out)
     del base
-    rows = [comparison_rows("base model, base tokenizer", "reference", reference, reference)]
+    rows = [
+        evaluation.comparison_row("base model, base tokenizer", "reference", reference, reference)
+    ]
     blocks: list[list[int]] = []
     for strategy in config.strategies:
         model, tokenizer, _ = build_initialized(
             base_model, paths, config.variant, tokens, strategy, None
         )
         rows.append(
-            comparison_rows(
+            evaluation.comparison_row(
                 strategy,
                 "after_init",
                 lm_metrics.score_texts(
-                    in_precision(model, dtype, keep=bool(config.steps)), tokenizer, held_out
+                    training.in_precision(model, dtype, keep=bool(config.steps)),
+                    tokenizer,
+                    held_out,
                 ),
                 reference,
             )
@@ -434,11 +417,11 @@ def init_comparison(
                 batch_size=config.batch_size,
             )
             rows.append(
-                comparison_rows(
+                evaluation.comparison_row(
                     strategy,
                     f"after_{config.steps}_steps",
                     lm_metrics.score_texts(
-                        in_precision(peft_model, dtype, keep=False), tokenizer, held_out
+                        training.in_precision(peft_model, dtype, keep=False), tokenizer, held_out
                     ),
                     reference,
                 )

@@ -1,7 +1,6 @@
 """Tokenizer variants (one partition each) and their efficiency on held-out text."""
 
 import time
-from collections import Counter
 
 import dagster as dg
 import pandas as pd
@@ -12,7 +11,6 @@ from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import metrics, tokenizer_build
 from medtok_dagster.core.dedicated import is_special_char
 from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_jsonl
-from medtok_dagster.core.text import WORD_BOUNDARY
 from medtok_dagster.core.variants import (
     DEFAULT_BUDGETS,
     VARIANT_TIERS,
@@ -62,36 +60,6 @@ class VariantConfig(dg.Config):
     """Weight of the medical corpus among training units when a general corpus is mixed in."""
 
 
-def training_units(paths: PathsResource, variant: str, medical_share: float) -> Counter:
-    """Word units and counts the variant's selection is measured on (medical, plus general for the mixed variant)."""
-    medical = tokenizer_build.unit_frequencies(medical_lines(paths))
-    if not uses_general_corpus(variant):
-        return medical
-    general = tokenizer_build.unit_frequencies(general_training_lines(paths))
-    return tokenizer_build.mix_units(medical, general, medical_share)
-
-
-def split_tier1(
-    dedicated_tokens: pd.DataFrame,
-) -> tuple[
-    list[str], dict[str, str], list[tokenizer_build.Candidate], list[tokenizer_build.Candidate]
-]:
-    """Tier 1 by how it enters a tokenizer: verbatim (user tokens, symbols), forced (dictionary), selected (notation)."""
-    fixed = dedicated_tokens[dedicated_tokens["source"].isin(["user", "special_char"])]
-    forced = dedicated_tokens[dedicated_tokens["source"] == "dictionary"]
-    notation = dedicated_tokens[dedicated_tokens["source"] == "notation"]
-    sources = {
-        token.replace(" ", WORD_BOUNDARY): source
-        for token, source in zip(fixed["token"], fixed["source"])
-    }
-    return (
-        fixed["token"].tolist(),
-        sources,
-        [tokenizer_build.Candidate(t, "dictionary") for t in forced["token"]],
-        [tokenizer_build.Candidate(t, "notation") for t in notation["token"]],
-    )
-
-
 @dg.asset(
     partitions_def=variant_partitions,
     group_name=GROUP,
@@ -114,8 +82,9 @@ def tokenizer_variants(
 ) -> dg.Output[pd.DataFrame]:
     variant = context.partition_key
     base = base_model.load_tokenizer()
-    units = training_units(paths, variant, config.medical_share)
-    tier1, tier1_sources, forced, notation = split_tier1(dedicated_tokens)
+    general = general_training_lines(paths) if uses_general_corpus(variant) else None
+    units = tokenizer_build.training_units(medical_lines(paths), general, config.medical_share)
+    tier1, tier1_sources, forced, notation = tokenizer_build.split_tier1(dedicated_tokens)
     pool = candidate_tokens[candidate_tokens["tier"].isin(VARIANT_TIERS[variant])]
     candidates = notation + [
         tokenizer_build.Candidate(t, tier) for t, tier in zip(pool["token"], pool["tier"])
@@ -212,41 +181,6 @@ def heldout_texts(paths: PathsResource, extra: list[str]) -> dict[str, list[str]
     return texts
 
 
-def budget_curves(
-    base,
-    variants: dict[str, pd.DataFrame],
-    order_prototype: list[str],
-    exam: list[str],
-    budgets: list[int],
-) -> pd.DataFrame:
-    """Compression of held-out exam text at each budget: every variant's own order vs the prototype's."""
-    base_tokens = sum(metrics.count_tokens(base, exam))
-    rows = []
-    for budget in budgets:
-        if budget <= len(order_prototype):
-            prototype = tokenizer_build.tokenizer_with_added(base, order_prototype[:budget])
-            rows.append(
-                {
-                    "curve": "prototype (bare, by frequency)",
-                    "budget": budget,
-                    "ratio_vs_base": base_tokens / sum(metrics.count_tokens(prototype, exam)),
-                }
-            )
-        for variant, table in variants.items():
-            if budget > len(table):
-                continue
-            ordered = table.sort_values(["rank", "id"])["token"].tolist()[:budget]
-            backend = tokenizer_build.tokenizer_with_added(base, ordered)
-            rows.append(
-                {
-                    "curve": f"{variant} (savings, ▁ forms)",
-                    "budget": budget,
-                    "ratio_vs_base": base_tokens / sum(metrics.count_tokens(backend, exam)),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
 @dg.asset(
     group_name=GROUP,
     kinds={"duckdb"},
@@ -283,7 +217,7 @@ def tokenizer_efficiency(
         v: tokenizer_variants[tokenizer_variants["variant"] == v]
         for v in ("ded_medical", "ded_med_normal")
     }
-    curves = budget_curves(
+    curves = metrics.budget_curves(
         base, variant_tables, prototype, texts["exam_sentences"], config.curve_budgets
     )
     context.log.info("Measured %d tokenizers on %d text types", len(tokenizers), len(texts))

@@ -96,3 +96,15 @@ def verdict(rows: list[dict[str, Any]]) -> Verdict:
         interval,
         trained["accuracy"],
     )
+
+
+def comparison_row(
+    strategy: str, stage: str, score: lm_metrics.TextScore, reference: lm_metrics.TextScore
+) -> dict[str, object]:
+    """One row of the comparison: the fair metric, and how far from the base model it is."""
+    return {
+        "strategy": strategy,
+        "stage": stage,
+        **score.as_row(),
+        "vs_base": round(score.bits_per_char / reference.bits_per_char - 1, 4),
+    }

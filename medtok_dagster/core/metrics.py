@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from medtok_dagster.core.text import MCQ_OPTION_FIELDS
+from medtok_dagster.core.tokenizer_build import tokenizer_with_added
 
 SYMBOL_CONTEXT = 8
 
@@ -159,3 +160,38 @@ def heldout_loss(
     return LossReport(
         loss, math.exp(min(loss, 50)), total_nll / math.log(2) / max(chars, 1), total_tokens, chars
     )
+
+
+def budget_curves(
+    base: Any,
+    variants: dict[str, pd.DataFrame],
+    order_prototype: list[str],
+    exam: list[str],
+    budgets: list[int],
+) -> pd.DataFrame:
+    """Compression of held-out exam text at each budget: every variant's own order vs the prototype's."""
+    base_tokens = sum(count_tokens(base, exam))
+    rows = []
+    for budget in budgets:
+        if budget <= len(order_prototype):
+            prototype = tokenizer_with_added(base, order_prototype[:budget])
+            rows.append(
+                {
+                    "curve": "prototype (bare, by frequency)",
+                    "budget": budget,
+                    "ratio_vs_base": base_tokens / sum(count_tokens(prototype, exam)),
+                }
+            )
+        for variant, table in variants.items():
+            if budget > len(table):
+                continue
+            ordered = table.sort_values(["rank", "id"])["token"].tolist()[:budget]
+            backend = tokenizer_with_added(base, ordered)
+            rows.append(
+                {
+                    "curve": f"{variant} (savings, ▁ forms)",
+                    "budget": budget,
+                    "ratio_vs_base": base_tokens / sum(count_tokens(backend, exam)),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -9,6 +9,7 @@ settings for MedGemma 4B and 27B, plus a small CPU profile for the embedded 270M
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -381,3 +382,10 @@ def training_arguments(plan: TrainPlan, lora: LoraProfile) -> Any:
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+
+
+def in_precision(model: Any, dtype: Any, keep: bool) -> Any:
+    """The model in the scoring precision (that of the base reference); a copy when the original still trains."""
+    if model.dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(dtype) if keep else model.to(dtype)

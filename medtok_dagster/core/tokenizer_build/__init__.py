@@ -44,6 +44,7 @@ from medtok_dagster.core.tokenizer_build.select import (
     plan_variant,
     prototype_order,
     selectable_forms,
+    split_tier1,
     tier1_added_tokens,
 )
 from medtok_dagster.core.tokenizer_build.simulate import (
@@ -56,10 +57,13 @@ from medtok_dagster.core.tokenizer_build.simulate import (
     line_units,
     make_simulator,
     mix_units,
+    training_units,
     unit_frequencies,
 )
 
 __all__ = [
+    "split_tier1",
+    "training_units",
     "AddedTokenSim",
     "BasePieces",
     "BpeMergeSim",

@@ -335,3 +335,22 @@ def plan_variant(
     )
     merges = sim.merges if isinstance(sim, BpeMergeSim) else []
     return VariantPlan(strategy, tier1, tier1_in_base, selection, merges)
+
+
+def split_tier1(
+    dedicated_tokens: pd.DataFrame,
+) -> tuple[list[str], dict[str, str], list[Candidate], list[Candidate]]:
+    """Tier 1 by how it enters a tokenizer: verbatim (user tokens, symbols), forced (dictionary), selected (notation)."""
+    fixed = dedicated_tokens[dedicated_tokens["source"].isin(["user", "special_char"])]
+    forced = dedicated_tokens[dedicated_tokens["source"] == "dictionary"]
+    notation = dedicated_tokens[dedicated_tokens["source"] == "notation"]
+    sources = {
+        token.replace(" ", WORD_BOUNDARY): source
+        for token, source in zip(fixed["token"], fixed["source"])
+    }
+    return (
+        fixed["token"].tolist(),
+        sources,
+        [Candidate(t, "dictionary") for t in forced["token"]],
+        [Candidate(t, "notation") for t in notation["token"]],
+    )

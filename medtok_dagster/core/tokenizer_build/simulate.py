@@ -248,3 +248,13 @@ def mix_units(medical: Counter[str], general: Counter[str], medical_share: float
     for unit, count in medical.items():
         mixed[unit] += count * scale
     return mixed
+
+
+def training_units(
+    medical: Iterable[str], general: Iterable[str] | None, medical_share: float
+) -> Counter[str]:
+    """Word units and counts a variant's selection is measured on: medical, mixed with general if given."""
+    units = unit_frequencies(medical)
+    if general is None:
+        return units
+    return mix_units(units, unit_frequencies(general), medical_share)
