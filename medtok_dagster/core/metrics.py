@@ -113,55 +113,6 @@ def mcq_eval_texts(records: Sequence[Mapping[str, Any]], is_special: Any) -> dic
     return {"exam_sentences": questions, "medical_terms": options, "medical_symbols": snippets}
 
 
-@dataclass(frozen=True)
-class LossReport:
-    """Held-out language-model loss, per token and per character (comparable across tokenizers)."""
-
-    loss: float
-    perplexity: float
-    bits_per_char: float
-    tokens: int
-    chars: int
-
-
-def heldout_loss(
-    model: Any, tokenizer: Any, texts: Sequence[str], max_len: int = 128, batch_size: int = 4
-) -> LossReport:
-    """Mean next-token NLL over ``texts``; bits per character lets base and extended tokenizers compare."""
-    import math
-
-    import torch
-
-    model.eval()
-    total_nll, total_tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                list(texts[start : start + batch_size]),
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_len,
-            )
-            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            logits = model(**batch).logits.float()
-            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(logits.device)
-            nll = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]),
-                shift_labels.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
-            total_nll += nll.item()
-            total_tokens += int((shift_labels != -100).sum())
-    loss = total_nll / max(total_tokens, 1)
-    chars = sum(len(t) for t in texts)
-    return LossReport(
-        loss, math.exp(min(loss, 50)), total_nll / math.log(2) / max(chars, 1), total_tokens, chars
-    )
-
-
 def budget_curves(
     base: Any,
     variants: dict[str, pd.DataFrame],
