@@ -66,7 +66,7 @@ def embedded_dir(cache_root: Path) -> Path:
 
 def _marker(directory: Path) -> dict[str, Any]:
     path = directory / MARKER_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path) if path.exists() else {}
 
 
 def _assemble_gguf(staging: Path) -> Path:
