@@ -1,13 +1,18 @@
 """Distillation initialisation: throughput, cost per new token, and tied vs untied rows, measured side by side.
 
 On the embedded Gemma 3 270M and the `ded_medical` tokenizer `make demo` leaves behind, distils the
-N most frequent new tokens from the training corpora three ways and scores each on the same
+N most frequent new tokens from the training corpora several ways and scores each on the same
 held-out exam questions (every character, from <bos>) beside the base model and `subtoken_mean`:
 
 * `tied`: one row per token; only row directions the output layer hardly reads may move
-  (`keep_output`), so the row keeps `subtoken_mean`'s output calibration;
+  (`keep_output`), so the row keeps `subtoken_mean`'s output calibration; isolated windows (each
+  learns only its own occurrence); rows not distilled get `subtoken_mean` + the change a ridge map
+  predicts from their pieces;
+* `tied_shared`: the same with shared windows (a window learns every new token in it);
+* `tied_shared_mean_fallback`: shared windows, rows not distilled keep `subtoken_mean`;
 * `tied_free`: one row, no such constraint (the input objective also moves the output logits);
 * `untied`: learned input rows, output rows left at `subtoken_mean` (needs an untied output layer).
+  The last two use shared windows and `subtoken_mean` fallback rows, as when they were measured.
 
 Prints JSON: bits/char per option, teacher and student throughput (tokens per second), seconds per
 distilled token, and what untying costs in adapter and merged-model bytes.
@@ -38,8 +43,15 @@ from medtok_dagster.resources import build_resources
 
 OPTIONS = {
     "tied": {"mode": "tied", "keep_output": 0.9},
-    "tied_free": {"mode": "tied", "keep_output": 0.0},
-    "untied": {"mode": "untied", "output_weight": 0.0},
+    "tied_shared": {"mode": "tied", "keep_output": 0.9, "isolate": False},
+    "tied_shared_mean_fallback": {
+        "mode": "tied",
+        "keep_output": 0.9,
+        "isolate": False,
+        "predict_fallback": False,
+    },
+    "tied_free": {"mode": "tied", "keep_output": 0.0, "isolate": False, "predict_fallback": False},
+    "untied": {"mode": "untied", "output_weight": 0.0, "isolate": False, "predict_fallback": False},
 }
 
 
@@ -123,6 +135,7 @@ def main() -> None:
             "student_tokens_per_second": result.stats["tokens_per_second"],
             "teacher_seconds": result.stats["teacher_seconds"],
             "frozen_directions": result.stats["frozen_directions"],
+            "fallback_rows": result.fallback_rule(),
         }
         del model
     vocab_rows = base_len + len(tokens)

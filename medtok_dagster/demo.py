@@ -31,6 +31,7 @@ DEMO_RUN_CONFIG = {
                 "context_before": 16,
                 "context_after": 6,
                 "epochs": 2.0,
+                "isolate": False,
             }
         },
         "init_comparison": {"config": {"steps": 0, "eval_texts": 64}},

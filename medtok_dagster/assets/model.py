@@ -102,7 +102,7 @@ def build_initialized(
         distill.apply(model, result, base_len)
         info["methods"] = {
             "distill": len(result.distilled),
-            "subtoken_mean (no context)": len(tokens) - len(result.distilled),
+            f"not distilled: {result.fallback_rule()}": len(tokens) - len(result.distilled),
         }
     return (
         model.to(device) if not quantization else model,
@@ -127,6 +127,11 @@ class DistillAssetConfig(dg.Config):
     keep_output: float = 0.9
     """Freeze the row directions that carry this share of the teacher's hidden-state energy, so the
     tied row keeps its output calibration while its input side is learned (0 = off)."""
+    isolate: bool = True
+    """Each window learns only the occurrence it was chosen for (the full setting's default: shared windows
+    degrade when every token is distilled, README); False = a window learns every new token in it (cheaper)."""
+    predict_fallback: bool = True
+    """Rows not distilled get subtoken_mean + the change a ridge map predicts from their pieces (measured better, README)."""
     seed: int = 0
 
     def core(self) -> distill.DistillConfig:
@@ -184,7 +189,8 @@ def distilled_embeddings(
         "base_vocab_size": base_len,
         "new_tokens": len(tokens),
         "distilled": len(result.distilled),
-        "fallback_subtoken_mean": len(result.fallback),
+        "fallback": len(result.fallback),
+        "fallback_rows": result.fallback_rule(),
         "selected": len(result.selected),
         "contexts": result.contexts,
         "steps": result.steps,
@@ -214,7 +220,7 @@ def distilled_embeddings(
             "dagster/row_count": len(history),
             "distilled_tokens": len(result.distilled),
             "fallback_tokens": dg.MetadataValue.int(len(result.fallback)),
-            "fallback": f"{len(result.fallback)} rows without a training context keep subtoken_mean",
+            "fallback": f"{len(result.fallback)} rows not distilled: {result.fallback_rule()}",
             "contexts": result.contexts,
             "heldout_coverage": dg.MetadataValue.float(round(share, 3)),
             "tokens_per_second": result.stats.get("tokens_per_second", 0.0),

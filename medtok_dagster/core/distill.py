@@ -19,6 +19,12 @@ contexts, no loop per token), either on one tied row (``tied``) or with separate
 new tokens only (``untied``: the output row learns the output objective, the input row the input
 one). Contexts come from the training corpora only. Optimiser state and rows are checkpointed, so a
 killed run resumes where it stopped.
+
+A window is either *isolated* (only the occurrence it was chosen for is a new token in the student;
+the other new tokens in it are spelled with their pieces on both sides, so its error is that token's
+alone) or *shared* (every new token in it is learned from it: fewer windows, but each row's gradient
+carries its neighbours' errors). Rows distillation does not reach get ``subtoken_mean`` plus the
+change a ridge map predicts from their pieces (:mod:`medtok_dagster.core.fallback_rows`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 
 import torch
 
+from medtok_dagster.core.fallback_rows import FallbackFit, piece_features, predict_fallback
 from medtok_dagster.core.io import atomic_dir, read_json
 from medtok_dagster.core.lm_metrics import bos_id, encode_plain, model_device, pad_id
 from medtok_dagster.core.text import WORD_BOUNDARY
@@ -70,6 +77,11 @@ class DistillConfig:
 
     The output layer reads a row through those hidden states, so moving a tied row only orthogonally
     to them changes how the token is read but hardly how it is predicted."""
+    isolate: bool = True
+    """Each window learns only the occurrence it was chosen for; other new tokens in it are spelled
+    with their pieces (a clean error per token, more windows). Off: a window learns every new token in it."""
+    predict_fallback: bool = True
+    """Rows distillation did not reach get ``subtoken_mean`` + a change predicted from the distilled ones."""
     checkpoint_every: int = 20
     seed: int = 0
 
@@ -143,25 +155,34 @@ def _window(line: Sequence[int], position: int, before: int, after: int) -> tupl
 
 
 def build_context(
-    ids: Sequence[int], bos: int, base_len: int, pieces: dict[int, list[int]]
+    ids: Sequence[int],
+    bos: int,
+    base_len: int,
+    pieces: dict[int, list[int]],
+    keep: int | None = None,
 ) -> Context | None:
-    """Student and teacher sequences for one window of extended ids (both start with ``<bos>``)."""
-    student = [bos, *ids]
-    teacher = [bos]
-    aligned = [0]
+    """Student and teacher sequences for one window of extended ids (both start with ``<bos>``).
+
+    With ``keep`` (an index into ``ids``) only that occurrence stays a new token in the student;
+    every other new token is spelled with its pieces on both sides, so the window's hidden-state
+    error is the kept token's alone. Without it every new token in the window is learned at once.
+    """
+    student, teacher, aligned = [bos], [bos], [0]
     targets = []
-    for position, token in enumerate(ids, start=1):
-        spelled = pieces[token] if token >= base_len else [token]
-        if token >= base_len:
-            targets.append(
-                (
-                    position - 1,
-                    token - base_len,
-                    list(range(len(teacher), len(teacher) + len(spelled))),
-                )
-            )
-        teacher.extend(spelled)
-        aligned.append(len(teacher) - 1)
+    for index, token in enumerate(ids):
+        is_new = token >= base_len
+        spelled = pieces[token] if is_new else [token]
+        if is_new and (keep is None or index == keep):
+            run = list(range(len(teacher), len(teacher) + len(spelled)))
+            targets.append((len(student) - 1, token - base_len, run))
+            student.append(token)
+            teacher.extend(spelled)
+            aligned.append(len(teacher) - 1)
+            continue
+        for piece in spelled:
+            student.append(piece)
+            teacher.append(piece)
+            aligned.append(len(teacher) - 1)
     if not targets:
         return None
     return Context(student, teacher, aligned, targets[0][0] + 1, targets)
@@ -193,7 +214,7 @@ def plan_contexts(
     rng = random.Random(config.seed)
     covered: Counter = Counter()
     contexts: list[Context] = []
-    seen: set[tuple[int, int, int]] = set()
+    seen: set[tuple[int, int, int, int]] = set()
     for token in sorted(selected, key=lambda i: (occurrences[i], i)):
         spots = where[token][:]
         rng.shuffle(spots)
@@ -203,10 +224,17 @@ def plan_contexts(
             start, end = _window(
                 encoded[line_no], position, config.context_before, config.context_after
             )
-            if (line_no, start, end) in seen:
+            window = (line_no, start, end, token if config.isolate else -1)
+            if window in seen:
                 continue
-            seen.add((line_no, start, end))
-            context = build_context(encoded[line_no][start:end], bos, base_len, pieces)
+            seen.add(window)
+            context = build_context(
+                encoded[line_no][start:end],
+                bos,
+                base_len,
+                pieces,
+                keep=position - start if config.isolate else None,
+            )
             if context is None:
                 continue
             contexts.append(context)
@@ -480,6 +508,11 @@ class DistillResult:
     resumed_from: int
     history: list[dict[str, float]] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
+    fallback_fit: FallbackFit | None = None
+
+    def fallback_rule(self) -> str:
+        """What the rows distillation did not reach hold (for metadata and the saved ids)."""
+        return self.fallback_fit.describe() if self.fallback_fit else "subtoken_mean"
 
 
 def _save_checkpoint(
@@ -691,6 +724,20 @@ def distill(
     loop_seconds = time.monotonic() - loop_started
     keep = torch.tensor([i in plan.distilled for i in new_ids], device=device)[:, None]
     rows = {name: torch.where(keep, value.detach(), start).cpu() for name, value in named.items()}
+    fit = None
+    if config.predict_fallback:
+        rows["input"], fit = predict_fallback(
+            start.cpu(),
+            rows["input"],
+            piece_features(
+                start.cpu(),
+                model.get_input_embeddings().weight.detach(),
+                [pieces[i] for i in new_ids],
+            ),
+            [i - base_len for i in sorted(plan.distilled)],
+            [i - base_len for i in plan.fallback(new_ids)],
+            config.seed,
+        )
     after = (
         mean_output_loss(rows.get("output", rows["input"]).to(device), targets, cap)
         if with_output
@@ -719,6 +766,7 @@ def distill(
         first_step,
         history,
         stats,
+        fit,
     )
 
 
@@ -751,6 +799,7 @@ def save_rows(directory: Path, result: DistillResult) -> None:
                 "distilled": result.distilled,
                 "fallback": result.fallback,
                 "selected": result.selected,
+                "fallback_fit": asdict(result.fallback_fit) if result.fallback_fit else None,
             }
         )
     )
@@ -770,6 +819,7 @@ def load_rows(directory: Path, expected_rows: int) -> DistillResult:
             f"{directory / ROWS_FILE}: {tensors['input'].shape[0]} rows, but the tokenizer has {expected_rows} new tokens; re-materialize distilled_embeddings"
         )
     ids = read_json(directory / IDS_FILE)
+    fit = ids.get("fallback_fit")
     return DistillResult(
         tensors["input"],
         tensors.get("output"),
@@ -779,4 +829,5 @@ def load_rows(directory: Path, expected_rows: int) -> DistillResult:
         0,
         0,
         0,
+        fallback_fit=FallbackFit(**fit) if fit else None,
     )

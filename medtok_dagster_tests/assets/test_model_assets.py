@@ -173,7 +173,7 @@ def test_distilled_rows_flow_into_the_initialised_model_and_say_what_fell_back(
     )
     meta = result.asset_materializations_for_node("distilled_embeddings")[0].metadata
     assert meta["distilled_tokens"].value == 4 and meta["fallback_tokens"].value == 1
-    assert "1 rows without a training context keep subtoken_mean" == meta["fallback"].value
+    assert "1 rows not distilled: subtoken_mean" == meta["fallback"].value
     rows = distill.load_rows(layout.distilled_dir(resources["paths"], "ded_medical"), len(NEW))
     assert rows.fallback == [int(table["id"].iloc[-1])], (
         "▁췌장염 never occurs in the training lines"
@@ -190,7 +190,7 @@ def test_distilled_rows_flow_into_the_initialised_model_and_say_what_fell_back(
     )
     assert info["strategy"] == "distill" and info["methods"] == {
         "distill": 4,
-        "subtoken_mean (no context)": 1,
+        "not distilled: subtoken_mean": 1,
     }
     extended, _, _ = model.build_initialized(
         resources["base_model"],

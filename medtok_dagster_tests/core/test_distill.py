@@ -116,6 +116,22 @@ def test_pieces_are_the_base_spelling_and_contexts_align_to_the_last_piece(setup
     assert context.teacher[context.aligned[3]] == ids[2] and context.first_new == 2
 
 
+def test_an_isolated_context_learns_only_its_own_occurrence(setup, gemma_tokenizer):
+    tokenizer, new_ids, base_len = setup
+    pieces = dict(zip(new_ids, D.pieces_of(NEW, gemma_tokenizer)))
+    ids = encode_plain(tokenizer, ["그 당뇨병 혈당 환자"])[0]
+    assert ids[1:3] == new_ids[:2]
+    shared = D.build_context(ids, 2, base_len, pieces)
+    isolated = D.build_context(ids, 2, base_len, pieces, keep=2)
+    assert [t for _, t, _ in shared.targets] == [0, 1]
+    assert [t for _, t, _ in isolated.targets] == [1], "only the kept occurrence is learned"
+    assert isolated.teacher == shared.teacher, "the teacher reads the same pieces either way"
+    spelled = pieces[new_ids[0]]
+    assert isolated.student == [2, ids[0], *spelled, new_ids[1], *ids[3:]]
+    assert isolated.first_new == 2 + len(spelled)
+    assert isolated.aligned[: len(spelled) + 2] == list(range(len(spelled) + 2))
+
+
 def test_distillation_lowers_the_hidden_state_distance_and_the_output_loss(
     setup, gemma_tokenizer, taught_gemma_dir
 ):
@@ -188,12 +204,49 @@ def test_rows_without_contexts_fall_back_to_their_starting_value(
     )
     no_context = new_ids[NEW.index("▁췌장염")]
     assert result.fallback == [no_context] and no_context not in result.distilled
+    assert result.fallback_fit is None and result.fallback_rule() == "subtoken_mean", (
+        "four distilled rows are too few to fit a predictor for the fifth"
+    )
     assert torch.equal(result.input_rows[no_context - base_len], start[no_context - base_len])
     assert not torch.equal(result.input_rows[0], start[0])
     D.apply(model, result, base_len)
     assert torch.equal(model.get_input_embeddings().weight[base_len:], result.input_rows)
     assert torch.equal(model.lm_head.weight[base_len:], result.input_rows), (
         "tied: one row reads and predicts"
+    )
+
+
+def test_rows_not_reached_get_the_change_predicted_from_the_distilled_ones(
+    setup, gemma_tokenizer, tiny_gemma_dir, monkeypatch
+):
+    """With the fit's minimums lowered to what four distilled rows allow, the fifth row moves too."""
+    from medtok_dagster.core import fallback_rows
+
+    monkeypatch.setattr(fallback_rows, "MIN_FITTED", 2)
+    monkeypatch.setattr(fallback_rows, "MIN_R2", float("-inf"))
+    tokenizer, new_ids, base_len = setup
+    model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    start = model.get_input_embeddings().weight[base_len:].detach().clone()
+    settings = {**CONFIG.__dict__, "mode": "tied", "output_weight": 0.0}
+    result = D.distill(
+        model, tokenizer, gemma_tokenizer, LINES, new_ids, base_len, D.DistillConfig(**settings)
+    )
+    no_context = new_ids[NEW.index("▁췌장염")] - base_len
+    assert result.fallback_fit is not None and result.fallback_fit.predicted == 1
+    assert not torch.equal(result.input_rows[no_context], start[no_context])
+    assert "ridge" in result.fallback_rule()
+    plain = D.distill(
+        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        tokenizer,
+        gemma_tokenizer,
+        LINES,
+        new_ids,
+        base_len,
+        D.DistillConfig(**{**settings, "predict_fallback": False}),
+    )
+    assert torch.equal(plain.input_rows[no_context], start[no_context])
+    assert torch.equal(plain.input_rows[:no_context], result.input_rows[:no_context]), (
+        "the prediction touches only rows distillation did not reach"
     )
 
 
