@@ -127,9 +127,11 @@ class DistillAssetConfig(dg.Config):
     keep_output: float = 0.9
     """Freeze the row directions that carry this share of the teacher's hidden-state energy, so the
     tied row keeps its output calibration while its input side is learned (0 = off)."""
-    isolate: bool = True
-    """Each window learns only the occurrence it was chosen for (the full setting's default: shared windows
-    degrade when every token is distilled, README); False = a window learns every new token in it (cheaper)."""
+    isolate: bool = False
+    """True: each window learns only the occurrence it was chosen for; False (measured better per CPU second,
+    README): a window learns every new token in it."""
+    min_contexts: int = 4
+    """Rows learned from fewer windows keep the fallback (a row fitted to one or two windows reads worse than subtoken_mean, README)."""
     predict_fallback: bool = True
     """Rows not distilled get subtoken_mean + the change a ridge map predicts from their pieces (measured better, README)."""
     seed: int = 0

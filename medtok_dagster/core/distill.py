@@ -77,9 +77,12 @@ class DistillConfig:
 
     The output layer reads a row through those hidden states, so moving a tied row only orthogonally
     to them changes how the token is read but hardly how it is predicted."""
-    isolate: bool = True
+    isolate: bool = False
     """Each window learns only the occurrence it was chosen for; other new tokens in it are spelled
-    with their pieces (a clean error per token, more windows). Off: a window learns every new token in it."""
+    with their pieces (a clean error per token, but more windows for the same coverage: measured worse
+    per CPU second, README). Off: a window learns every new token in it."""
+    min_contexts: int = 4
+    """A row learned from fewer windows than this is not kept (it overfits them; README): it gets the fallback."""
     predict_fallback: bool = True
     """Rows distillation did not reach get ``subtoken_mean`` + a change predicted from the distilled ones."""
     checkpoint_every: int = 20
@@ -198,8 +201,9 @@ def plan_contexts(
 ) -> Plan:
     """Choose windows so that each selected token appears in up to ``contexts_per_token`` of them.
 
-    Rare tokens pick their windows first; a window counts for every new token inside it, so
-    frequent tokens are mostly covered by other tokens' windows and no compute is spent twice.
+    Rare tokens pick their windows first; a shared window counts for every new token inside it, so
+    frequent tokens are mostly covered by other tokens' windows and no compute is spent twice. A
+    token counts as distilled only if at least ``min_contexts`` windows teach it.
     """
     occurrences = count_occurrences(encoded, base_len)
     ranked = sorted(
@@ -240,7 +244,8 @@ def plan_contexts(
             contexts.append(context)
             covered.update({t + base_len for _, t, _ in context.targets})
     rng.shuffle(contexts)
-    return Plan(contexts, occurrences, set(covered), selected)
+    learned = {token for token, windows in covered.items() if windows >= config.min_contexts}
+    return Plan(contexts, occurrences, learned, selected)
 
 
 def decoder_of(model: Any) -> Any:

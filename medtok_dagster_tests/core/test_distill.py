@@ -132,6 +132,22 @@ def test_an_isolated_context_learns_only_its_own_occurrence(setup, gemma_tokeniz
     assert isolated.aligned[: len(spelled) + 2] == list(range(len(spelled) + 2))
 
 
+def test_a_row_taught_by_too_few_windows_is_not_kept(setup, gemma_tokenizer):
+    tokenizer, new_ids, base_len = setup
+    pieces = dict(zip(new_ids, D.pieces_of(NEW, gemma_tokenizer)))
+    encoded = encode_plain(tokenizer, [*LINES, "그는 췌장염 진단을 받았다."])
+    rare = new_ids[NEW.index("▁췌장염")]
+
+    def plan(min_contexts):
+        config = D.DistillConfig(**{**CONFIG.__dict__, "min_contexts": min_contexts})
+        return D.plan_contexts(encoded, new_ids, pieces, base_len, 2, config)
+
+    assert rare in plan(1).distilled, "one line teaches it once"
+    strict = plan(2)
+    assert rare not in strict.distilled and rare in strict.fallback(new_ids)
+    assert set(new_ids) - {rare} <= strict.distilled
+
+
 def test_distillation_lowers_the_hidden_state_distance_and_the_output_loss(
     setup, gemma_tokenizer, taught_gemma_dir
 ):
