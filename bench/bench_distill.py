@@ -4,15 +4,15 @@ On the embedded Gemma 3 270M and the `ded_medical` tokenizer `make demo` leaves 
 N most frequent new tokens from the training corpora several ways and scores each on the same
 held-out exam questions (every character, from <bos>) beside the base model and `subtoken_mean`:
 
-* `tied`: one row per token; only row directions the output layer hardly reads may move
-  (`keep_output`), so the row keeps `subtoken_mean`'s output calibration; isolated windows (each
-  learns only its own occurrence); rows not distilled get `subtoken_mean` + the change a ridge map
-  predicts from their pieces;
-* `tied_shared`: the same with shared windows (a window learns every new token in it);
-* `tied_shared_mean_fallback`: shared windows, rows not distilled keep `subtoken_mean`;
+* `tied` (the default): one row per token; only row directions the output layer hardly reads may
+  move (`keep_output`), so the row keeps `subtoken_mean`'s output calibration; shared windows (a
+  window learns every new token in it); rows not distilled get `subtoken_mean` + the change a ridge
+  map predicts from their pieces;
+* `tied_isolated`: the same with isolated windows (each learns only its own occurrence);
+* `tied_mean_fallback`: rows not distilled keep `subtoken_mean`;
 * `tied_free`: one row, no such constraint (the input objective also moves the output logits);
 * `untied`: learned input rows, output rows left at `subtoken_mean` (needs an untied output layer).
-  The last two use shared windows and `subtoken_mean` fallback rows, as when they were measured.
+  The last two keep `subtoken_mean` for rows not distilled, as when they were measured.
 
 Prints JSON: bits/char per option, teacher and student throughput (tokens per second), seconds per
 distilled token, and what untying costs in adapter and merged-model bytes.
@@ -43,15 +43,10 @@ from medtok_dagster.resources import build_resources
 
 OPTIONS = {
     "tied": {"mode": "tied", "keep_output": 0.9},
-    "tied_shared": {"mode": "tied", "keep_output": 0.9, "isolate": False},
-    "tied_shared_mean_fallback": {
-        "mode": "tied",
-        "keep_output": 0.9,
-        "isolate": False,
-        "predict_fallback": False,
-    },
-    "tied_free": {"mode": "tied", "keep_output": 0.0, "isolate": False, "predict_fallback": False},
-    "untied": {"mode": "untied", "output_weight": 0.0, "isolate": False, "predict_fallback": False},
+    "tied_isolated": {"mode": "tied", "keep_output": 0.9, "isolate": True},
+    "tied_mean_fallback": {"mode": "tied", "keep_output": 0.9, "predict_fallback": False},
+    "tied_free": {"mode": "tied", "keep_output": 0.0, "predict_fallback": False},
+    "untied": {"mode": "untied", "output_weight": 0.0, "predict_fallback": False},
 }
 
 
@@ -74,6 +69,9 @@ def main() -> None:
     parser.add_argument("--after", type=int, default=6, help="context tokens after it")
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument(
+        "--min-contexts", type=int, default=1, help="windows a row needs to be kept (the demo: 1)"
+    )
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--variant", default="ded_medical")
     args = parser.parse_args()
@@ -114,6 +112,7 @@ def main() -> None:
             context_before=args.before,
             context_after=args.after,
             epochs=args.epochs,
+            min_contexts=args.min_contexts,
             **settings,
         )
         started = time.perf_counter()
@@ -154,6 +153,7 @@ def main() -> None:
                     "context_before": args.before,
                     "context_after": args.after,
                     "epochs": args.epochs,
+                    "min_contexts": args.min_contexts,
                 },
                 "variant": args.variant,
                 "new_tokens": len(tokens),
