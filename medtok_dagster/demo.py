@@ -31,7 +31,6 @@ DEMO_RUN_CONFIG = {
                 "context_before": 16,
                 "context_after": 6,
                 "epochs": 2.0,
-                "min_contexts": 1,
             }
         },
         "init_comparison": {"config": {"steps": 0, "eval_texts": 64}},

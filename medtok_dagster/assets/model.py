@@ -28,7 +28,9 @@ STRATEGIES = (*embeddings.STRATEGIES, DISTILL)
 DEFAULT_STRATEGY = DISTILL
 """Chosen by `init_comparison`: lowest held-out bits/char right after init (see README)."""
 CPU_DISTILL_TOKENS = 300
-"""Without a GPU, distil the this-many most frequent new tokens (the rest keep `subtoken_mean`)."""
+"""Without a GPU, distil the this-many most frequent new tokens (the rest get the fallback rows)."""
+EVERY_TOKEN_MIN_CONTEXTS = 4
+"""When every token is distilled, rows taught by fewer windows keep the fallback (README)."""
 ALL_CORPUS_SAMPLES = dg.AssetDep(
     "general_corpus_sample", partition_mapping=dg.AllPartitionMapping()
 )
@@ -130,8 +132,10 @@ class DistillAssetConfig(dg.Config):
     isolate: bool = False
     """True: each window learns only the occurrence it was chosen for; False (measured better per CPU second,
     README): a window learns every new token in it."""
-    min_contexts: int = 4
-    """Rows learned from fewer windows keep the fallback (a row fitted to one or two windows reads worse than subtoken_mean, README)."""
+    min_contexts: int | None = None
+    """Rows learned from fewer windows keep the fallback. Unset: 4 when every token is distilled (rows
+    fitted to one or two windows then read worse than subtoken_mean), 1 when only the most frequent
+    are (the rows their windows teach in passing help); both measured, README."""
     predict_fallback: bool = True
     """Rows not distilled get subtoken_mean + the change a ridge map predicts from their pieces (measured better, README)."""
     seed: int = 0
@@ -140,6 +144,10 @@ class DistillAssetConfig(dg.Config):
         cpu_default = 0 if training.compute_settings()[0] == "cuda" else CPU_DISTILL_TOKENS
         settings = self.model_dump()
         settings["max_tokens"] = cpu_default if self.max_tokens is None else self.max_tokens
+        if self.min_contexts is None:
+            settings["min_contexts"] = (
+                EVERY_TOKEN_MIN_CONTEXTS if settings["max_tokens"] == 0 else 1
+            )
         return distill.DistillConfig(mode="tied", **settings)
 
 

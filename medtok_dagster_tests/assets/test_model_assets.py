@@ -396,3 +396,14 @@ def test_model_evaluation_compares_every_stage_with_the_base_on_the_same_charact
         "tokens_per_char"
     ].iloc[0]
     assert trained <= base
+
+
+def test_rows_need_more_windows_only_when_every_token_is_distilled():
+    every = model.DistillAssetConfig(max_tokens=0).core()
+    frequent = model.DistillAssetConfig(max_tokens=600).core()
+    assert every.min_contexts == model.EVERY_TOKEN_MIN_CONTEXTS == 4
+    assert frequent.min_contexts == 1, (
+        "rows taught in passing are kept when only the top N are chosen"
+    )
+    assert model.DistillAssetConfig(max_tokens=0, min_contexts=2).core().min_contexts == 2
+    assert not every.isolate and every.predict_fallback
