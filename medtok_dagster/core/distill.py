@@ -146,7 +146,7 @@ def coverage(
     """Share of new-token occurrences in ``texts`` whose rows were distilled, and the occurrence count.
 
     On held-out text this says how much of what a reader meets the learned rows carry; the rest
-    is read through the fallback (``subtoken_mean``) rows.
+    is read through the fallback rows.
     """
     counts = count_occurrences(encode_plain(tokenizer, list(texts)), base_len)
     total = sum(counts.values())
