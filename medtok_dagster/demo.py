@@ -27,7 +27,7 @@ DEMO_RUN_CONFIG = {
         "distilled_embeddings": {
             "config": {
                 "max_tokens": 600,
-                "contexts_per_token": 4,
+                "contexts_per_token": 8,
                 "context_before": 16,
                 "context_after": 6,
                 "epochs": 2.0,

@@ -132,6 +132,18 @@ def pieces_of(tokens: Sequence[str], base_tokenizer: Any) -> list[list[int]]:
     return encode_plain(base_tokenizer, [t.replace(WORD_BOUNDARY, " ") for t in tokens])
 
 
+def piece_map(
+    tokenizer: Any, base_tokenizer: Any, new_ids: Sequence[int], base_len: int
+) -> dict[int, list[int]]:
+    """Each new id's pieces: the base ids its string is spelled with."""
+    return {
+        i: [p for p in ids if p < base_len]
+        for i, ids in zip(
+            new_ids, pieces_of(tokenizer.convert_ids_to_tokens(list(new_ids)), base_tokenizer)
+        )
+    }
+
+
 def count_occurrences(encoded: Sequence[Sequence[int]], base_len: int) -> Counter:
     """How often each new id occurs in the (extended-tokenizer) training lines."""
     counts: Counter = Counter()
@@ -333,16 +345,16 @@ def teacher_targets(
     decoder, device = decoder_of(model), model_device(model)
     head = model.get_output_embeddings().weight[:base_len]
     cap = softcap_of(model)
-    hidden: list[torch.Tensor] = []
     context_of, position_of, lse_of, row_of, logp_of = [], [], [], [], []
-    for start in range(0, len(contexts), batch_size):
-        batch = contexts[start : start + batch_size]
+    hidden_of: dict[int, torch.Tensor] = {}
+    for indices in length_batches([len(c.teacher) for c in contexts], batch_size):
+        batch = [contexts[i] for i in indices]
         ids, mask = _padded([c.teacher for c in batch], pad, device)
         with autocast(device):
             states = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         normaliser, joint = _Entries(), _Entries()
-        for row, context in enumerate(batch):
-            hidden.append(states[row, context.aligned].to(torch.bfloat16).cpu())
+        for row, (index, context) in enumerate(zip(indices, batch)):
+            hidden_of[index] = states[row, context.aligned].to(torch.bfloat16).cpu()
             if not with_output:
                 continue
             next_new = {
@@ -351,7 +363,7 @@ def teacher_targets(
             for position in range(context.first_new - 1, len(context.student) - 1):
                 normaliser.rows.append(row)
                 normaliser.positions.append(context.aligned[position])
-                context_of.append(start + row)
+                context_of.append(index)
                 position_of.append(position)
                 new_row, piece_positions = next_new.get(position, (-1, []))
                 row_of.append(new_row)
@@ -365,6 +377,7 @@ def teacher_targets(
         if normaliser.rows:
             lse_of.extend(_logsumexp(states, normaliser, head, cap).tolist())
         logp_of.extend(_piece_logprobs(states, joint, head, cap, len(row_of)))
+    hidden = [hidden_of[i] for i in range(len(contexts))]
     logp = torch.zeros(len(row_of), dtype=torch.float64)
     for index, value in logp_of:
         logp[index] += value
@@ -378,6 +391,24 @@ def teacher_targets(
         torch.tensor(row_of),
         logp.float(),
     )
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches of similar length, in random order when ``rng`` is given.
+
+    A batch is padded to its longest sequence, and padding is computed like text: random batches
+    of the demo's windows cost 1.39× (student) and 1.56× (teacher) the unpadded tokens, sorted ones
+    1.01×, so distillation runs 1.34× faster (README). Ties are broken at random, so each epoch
+    groups the windows differently.
+    """
+    jitter = rng or random.Random(0)
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], jitter.random()))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
 
 
 def _logits(
@@ -630,12 +661,7 @@ def distill(
         parameter.requires_grad_(False)
     model.eval()
     bos, pad = bos_id(tokenizer), pad_id(tokenizer)
-    pieces = {
-        i: [p for p in ids if p < base_len]
-        for i, ids in zip(
-            new_ids, pieces_of(tokenizer.convert_ids_to_tokens(new_ids), base_tokenizer)
-        )
-    }
+    pieces = piece_map(tokenizer, base_tokenizer, new_ids, base_len)
     plan = plan_contexts(encode_plain(tokenizer, lines), new_ids, pieces, base_len, bos, config)
     log(
         f"{len(plan.contexts)} contexts cover {len(plan.distilled)} of {len(new_ids)} new tokens ({len(plan.selected)} selected)"
@@ -679,8 +705,9 @@ def distill(
     if state:
         log(f"resuming distillation at step {first_step} of {total_steps}")
     order_rng = random.Random(config.seed)
+    lengths = [len(c.student) for c in plan.contexts]
     orders = [
-        order_rng.sample(range(len(plan.contexts)), len(plan.contexts))
+        length_batches(lengths, config.batch_size, order_rng)
         for _ in range(math.ceil(total_steps / steps_per_epoch))
     ]
     weight = config.output_weight
@@ -692,7 +719,7 @@ def distill(
     loop_started, student_tokens = time.monotonic(), 0
     for step in range(first_step, total_steps):
         epoch, offset = divmod(step, steps_per_epoch)
-        indices = orders[epoch][offset * config.batch_size : (offset + 1) * config.batch_size]
+        indices = orders[epoch][offset]
         select = torch.nonzero(torch.isin(targets.context, torch.tensor(indices))).squeeze(-1)
         hidden_loss = input_loss(
             model, plan.contexts, indices, named["input"], targets, base_len, pad

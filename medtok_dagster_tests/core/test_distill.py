@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import random
 import signal
 import time
 
@@ -146,6 +147,18 @@ def test_a_row_taught_by_too_few_windows_is_not_kept(setup, gemma_tokenizer):
     strict = plan(2)
     assert rare not in strict.distilled and rare in strict.fallback(new_ids)
     assert set(new_ids) - {rare} <= strict.distilled
+
+
+def test_batches_group_similar_lengths_and_cover_every_context_once():
+    lengths = [3, 40, 5, 38, 4, 39, 6, 41]
+    batches = D.length_batches(lengths, 4, random.Random(1))
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
+    assert spans == [(3, 6), (38, 41)], "short windows are not padded to the long ones"
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded / sum(lengths) < 1.1
+    orders = {tuple(map(tuple, D.length_batches(lengths, 4, random.Random(s)))) for s in range(8)}
+    assert len(orders) > 1, "epochs see the batches in different orders"
 
 
 def test_distillation_lowers_the_hidden_state_distance_and_the_output_loss(
