@@ -73,12 +73,7 @@ def initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len):
 
 def teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len):
     """Every context of LINES and the frozen model's targets on them (the same for before and after)."""
-    pieces = {
-        i: [p for p in ids if p < base_len]
-        for i, ids in zip(
-            new_ids, D.pieces_of(tokenizer.convert_ids_to_tokens(new_ids), gemma_tokenizer)
-        )
-    }
+    pieces = D.piece_map(tokenizer, gemma_tokenizer, new_ids, base_len)
     plan = D.plan_contexts(
         encode_plain(tokenizer, LINES), new_ids, pieces, base_len, tokenizer.bos_token_id, CONFIG
     )
