@@ -36,8 +36,8 @@ DEMO_RUN_CONFIG = {
         "init_comparison": {"config": {"steps": 0, "eval_texts": 64}},
         "trained_adapter": {
             "config": {
-                "max_steps": 12,
-                "save_steps": 4,
+                "max_steps": 96,
+                "save_steps": 32,
                 "per_device_batch": 2,
                 "grad_accum": 1,
                 "max_seq_len": 64,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from medtok_dagster.resources import (
     GENERAL_SAMPLE_DIR,
+    MEDICAL_CORPUS_PARQUET,
     TOKENIZER_DATA_DIR,
     TOKENIZER_DIR,
     PathsResource,
@@ -59,6 +60,14 @@ def general_sample_file(paths: PathsResource, corpus: str, heldout: bool = False
     return paths.model(
         GENERAL_SAMPLE_DIR, f"{corpus}{HELDOUT_SUFFIX if heldout else SAMPLE_SUFFIX}"
     )
+
+
+def training_sources(paths: PathsResource) -> dict[str, list[str]]:
+    """Phase-0 training corpora by source: the medical corpus and every general corpus sample (never held-out lines)."""
+    return {
+        "medical": [str(paths.model(MEDICAL_CORPUS_PARQUET))],
+        "general": [str(path) for path in general_sample_files(paths)],
+    }
 
 
 def initialised_dir(paths: PathsResource, profile: str, variant: str) -> Path:

@@ -4,6 +4,7 @@ import sys
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from medtok_dagster import layout
 from medtok_dagster.core import merge, training
@@ -11,10 +12,12 @@ from medtok_dagster.core.io import atomic_dir, read_json
 from medtok_dagster.metadata import md_plot, md_table
 from medtok_dagster.partitions import model_partitions
 from medtok_dagster.readers import exam_questions, general_heldout_lines
-from medtok_dagster.resources import MEDICAL_CORPUS_PARQUET, BaseModelResource, PathsResource
+from medtok_dagster.resources import BaseModelResource, PathsResource
 
 GROUP = "training"
-CODE_VERSION = "2"
+CODE_VERSION = "3"
+MEDICAL_SHARE = 1.0
+"""Default share of Phase-0 blocks from the medical corpus: measured best for held-out exam text (README, training table)."""
 
 
 class TrainConfig(dg.Config):
@@ -29,6 +32,8 @@ class TrainConfig(dg.Config):
     """0 = the profile's per-device batch."""
     grad_accum: int = 0
     """0 = the profile's gradient accumulation."""
+    medical_share: float = Field(default=MEDICAL_SHARE, ge=0.0, le=1.0)
+    """Share of training blocks from the medical corpus (train split + dictionary); the rest come from the general corpora."""
     heldout_texts: int = 64
     """Held-out exam questions and general lines each scored for base, initialised and trained (the full comparison is `model_evaluation`)."""
 
@@ -87,10 +92,8 @@ def trained_adapter(
         init_dir=str(layout.initialised_dir(paths, profile, variant)),
         output_dir=str(output_dir),
         checkpoint_dir=str(layout.training_checkpoints(paths, profile, variant)),
-        train_files=[
-            str(paths.model(MEDICAL_CORPUS_PARQUET)),
-            *map(str, layout.general_sample_files(paths)),
-        ],
+        train_sources=layout.training_sources(paths),
+        source_shares={"medical": config.medical_share, "general": 1 - config.medical_share},
         heldout_texts=heldout_texts(paths, config.heldout_texts),
         profile=profile,
         max_steps=config.max_steps,

@@ -4,13 +4,16 @@ The prototype trained new rows with ``modules_to_save=["embed_tokens", "lm_head"
 the whole 262k-row matrices: 1.3–4 GB per adapter. Here the default is peft's
 ``trainable_token_indices``, which trains and stores only the new rows (tens of MB); the prototype's
 layout stays available as ``embedding_mode="modules_to_save"``. Profiles mirror the prototype's
-settings for MedGemma 4B and 27B, plus a small CPU profile for the embedded 270M model.
+settings for MedGemma 4B and 27B, plus a small CPU profile for the embedded 270M model, which keeps
+the distilled rows frozen: next-token training moved them away from what distillation learned and
+read held-out exam text worse than LoRA alone (README, training table).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +86,7 @@ PROFILES: dict[str, LoraProfile] = {
     "medgemma-4b": LoraProfile("medgemma-4b", 64, 128, 0.05, True, "8bit", 2, 16, 1e-4, 1024),
     "medgemma-27b": LoraProfile("medgemma-27b", 64, 128, 0.05, False, "8bit", 1, 32, 5e-5, 512),
     "embedded": LoraProfile(
-        "embedded", 8, 16, 0.05, True, None, 8, 4, 5e-4, 128, gradient_checkpointing=False
+        "embedded", 8, 16, 0.05, False, None, 8, 4, 5e-4, 128, gradient_checkpointing=False
     ),
 }
 
@@ -298,7 +301,10 @@ class TrainPlan:
     init_dir: str
     output_dir: str
     checkpoint_dir: str
-    train_files: list[str]
+    train_sources: dict[str, list[str]]
+    """Training corpora by source (``medical``, ``general``): parquet files of lines."""
+    source_shares: dict[str, float]
+    """Share of training blocks drawn from each source (see :func:`mixture_blocks`)."""
     heldout_texts: dict[str, list[str]]
     """Held-out texts by type, scored for the base model, the initialised and the trained adapter."""
     profile: str
@@ -343,12 +349,58 @@ def block_labels(input_ids: torch.Tensor, bos: int) -> torch.Tensor:
     return input_ids.masked_fill(input_ids == bos, -100)
 
 
-def packed_dataset(tokenizer: Any, texts: Sequence[str], block: int) -> Any:
-    """A ``datasets.Dataset`` of :func:`pack_blocks` blocks with their labels."""
+def mixture_blocks(
+    blocks: Mapping[str, Sequence[list[int]]], shares: Mapping[str, float], seed: int = 0
+) -> list[list[int]]:
+    """Blocks of every source in the requested shares, shuffled; a smaller source is repeated, never cut.
+
+    Why a mixture and not the corpora's natural proportion: the shipped general corpora (software
+    help, laws) hold about four times as many blocks as the medical sentences, and Phase-0 training
+    in that proportion pulls the model away from exam Korean (the README's training table). The
+    largest source relative to its share sets the total, so every block of every source is used.
+    """
+    if any(share < 0 for share in shares.values()) or not sum(shares.values()) > 0:
+        raise ValueError(f"source shares must be non-negative and not all zero, got {dict(shares)}")
+    unknown = sorted(set(shares) - set(blocks))
+    if unknown:
+        raise ValueError(
+            f"shares name sources with no corpus: {unknown}; sources: {sorted(blocks)}"
+        )
+    wanted = {name: share / sum(shares.values()) for name, share in shares.items() if share > 0}
+    empty = sorted(name for name in wanted if not blocks[name])
+    if empty:
+        raise ValueError(f"training sources {empty} have a share but no complete block of text")
+    total = max(len(blocks[name]) / share for name, share in wanted.items())
+    rng = random.Random(seed)
+    mixed: list[list[int]] = []
+    for name, share in wanted.items():
+        count, pool = round(share * total), list(blocks[name])
+        repeats, rest = divmod(count, len(pool))
+        mixed += pool * repeats + rng.sample(pool, rest)
+    rng.shuffle(mixed)
+    return mixed
+
+
+def packed_dataset(
+    tokenizer: Any,
+    sources: Mapping[str, Sequence[str]],
+    block: int,
+    shares: Mapping[str, float],
+    seed: int = 0,
+) -> Any:
+    """A ``datasets.Dataset`` of :func:`pack_blocks` blocks of each source, mixed by ``shares``."""
     from datasets import Dataset
 
-    documents = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    blocks = pack_blocks(documents, block, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    per_source = {
+        name: pack_blocks(
+            tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else [],
+            block,
+            tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+        )
+        for name, texts in sources.items()
+    }
+    blocks = mixture_blocks(per_source, shares, seed)
     labels = block_labels(
         torch.tensor(blocks, dtype=torch.long).reshape(len(blocks), block), tokenizer.bos_token_id
     ).tolist()
@@ -381,6 +433,41 @@ def training_arguments(plan: TrainPlan, lora: LoraProfile) -> Any:
         use_cpu=not cuda,
         dataloader_num_workers=0,
         disable_tqdm=False,
+    )
+
+
+def read_sources(plan: TrainPlan) -> dict[str, list[str]]:
+    """The plan's training lines by source, read from its parquet files."""
+    from medtok_dagster.core.corpus import read_lines_parquet
+
+    return {
+        name: [line for file in files for line in read_lines_parquet(Path(file))]
+        for name, files in plan.train_sources.items()
+    }
+
+
+def phase0_trainer(
+    model: Any, tokenizer: Any, plan: TrainPlan, lora: LoraProfile, callbacks: Sequence[Any] = ()
+) -> Any:
+    """The ``transformers.Trainer`` of one Phase-0 run: the plan's mixture, packed from ``<bos>``.
+
+    One owner for how Phase-0 trains, shared by the ``trained_adapter`` process and the training
+    budget benchmark, so the benchmark measures what the asset ships.
+    """
+    from transformers import Trainer
+
+    dataset = packed_dataset(
+        tokenizer,
+        read_sources(plan),
+        plan.max_seq_len or lora.max_seq_len,
+        plan.source_shares,
+        plan.seed,
+    )
+    return Trainer(
+        model=model,
+        args=training_arguments(plan, lora),
+        train_dataset=dataset,
+        callbacks=list(callbacks),
     )
 
 

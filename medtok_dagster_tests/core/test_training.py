@@ -116,10 +116,38 @@ def test_every_packed_block_starts_with_bos_and_documents_are_bos_text_eos():
 
 
 def test_packed_dataset_from_real_text_starts_every_block_with_bos(gemma_tokenizer):
-    dataset = T.packed_dataset(gemma_tokenizer, ["당뇨병 환자의 혈당 조절이 필요합니다."] * 30, 16)
+    sources = {"medical": ["당뇨병 환자의 혈당 조절이 필요합니다."] * 30, "general": []}
+    dataset = T.packed_dataset(gemma_tokenizer, sources, 16, {"medical": 1.0, "general": 0.0})
     assert len(dataset) > 5
     assert all(row[0] == gemma_tokenizer.bos_token_id for row in dataset["input_ids"])
     assert all(label[0] == -100 for label in dataset["labels"])
+
+
+def test_mixture_uses_every_block_and_repeats_the_smaller_source_to_reach_its_share():
+    blocks = {"medical": [[1, i] for i in range(10)], "general": [[2, i] for i in range(40)]}
+    half = T.mixture_blocks(blocks, {"medical": 0.5, "general": 0.5}, seed=0)
+    assert sorted(b for b in half if b[0] == 2) == blocks["general"]
+    assert sorted(b for b in half if b[0] == 1) == sorted(blocks["medical"] * 4)
+    assert [b[0] for b in half[:20]] != [1] * 20 and [b[0] for b in half[:20]] != [2] * 20
+    uneven = T.mixture_blocks(blocks, {"medical": 0.3, "general": 0.7}, seed=1)
+    medical = [b for b in uneven if b[0] == 1]
+    assert len(uneven) == 57 and len(medical) == 17, "40 general blocks are 70%: 17 medical ones"
+    assert {tuple(b) for b in medical} == {tuple(b) for b in blocks["medical"]}, "none left out"
+    assert T.mixture_blocks(blocks, {"medical": 1.0, "general": 0.0}) != blocks["medical"]
+    assert sorted(T.mixture_blocks(blocks, {"medical": 1.0, "general": 0.0})) == blocks["medical"]
+
+
+@pytest.mark.parametrize(
+    ("blocks", "shares", "message"),
+    [
+        ({"medical": [], "general": [[2]]}, {"medical": 0.5, "general": 0.5}, "no complete block"),
+        ({"medical": [[1]]}, {"medical": 0.0}, "not all zero"),
+        ({"medical": [[1]]}, {"medical": 1.0, "law": 0.5}, "no corpus"),
+    ],
+)
+def test_mixture_refuses_shares_it_cannot_honour(blocks, shares, message):
+    with pytest.raises(ValueError, match=message):
+        T.mixture_blocks(blocks, shares)
 
 
 def test_lora_on_an_image_text_model_targets_the_language_model_only(
