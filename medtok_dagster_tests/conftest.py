@@ -55,16 +55,12 @@ def model_dir(tmp_path: Path) -> Path:
     return empty_model_dir(tmp_path / "model")
 
 
-def make_tiny_gemma(
-    target: Path, tokenizer, vocab_size: int | None = None, tied: bool = True
-) -> Path:
-    """A randomly initialised 2-layer Gemma 3 with the real tokenizer: fast, but shaped like the real thing."""
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+def tiny_text_config(tokenizer, vocab_size: int, **overrides):
+    """The 2-layer, 64-wide Gemma 3 text stack every tiny test model shares, with the real special ids."""
+    from transformers import Gemma3TextConfig
 
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=vocab_size or len(tokenizer),
+    return Gemma3TextConfig(
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -73,12 +69,24 @@ def make_tiny_gemma(
         head_dim=32,
         max_position_embeddings=512,
         sliding_window=64,
-        tie_word_embeddings=tied,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **overrides,
     )
-    model = Gemma3ForCausalLM(config)
+
+
+def make_tiny_gemma(
+    target: Path, tokenizer, vocab_size: int | None = None, tied: bool = True
+) -> Path:
+    """A randomly initialised 2-layer Gemma 3 with the real tokenizer: fast, but shaped like the real thing."""
+    import torch
+    from transformers import Gemma3ForCausalLM
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(
+        tiny_text_config(tokenizer, vocab_size or len(tokenizer), tie_word_embeddings=tied)
+    )
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     return target
@@ -95,28 +103,10 @@ def make_tiny_medgemma(target: Path, tokenizer) -> Path:
     and 27B, so every code path that must keep LoRA out of the vision tower is exercised.
     """
     import torch
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3TextConfig,
-        SiglipVisionConfig,
-    )
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
 
     torch.manual_seed(0)
-    text = Gemma3TextConfig(
-        vocab_size=MEDGEMMA_VOCAB_ROWS,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        max_position_embeddings=512,
-        sliding_window=64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    text = tiny_text_config(tokenizer, MEDGEMMA_VOCAB_ROWS)
     vision = SiglipVisionConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -148,3 +138,29 @@ def tiny_medgemma_dir(tmp_path_factory, gemma_tokenizer) -> Path:
 def tiny_gemma_dir(tmp_path_factory, gemma_tokenizer) -> Path:
     """A tiny tied Gemma 3 saved as a plain directory, usable as the `base_model` path."""
     return make_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma"), gemma_tokenizer)
+
+
+def teach(
+    model, blocks, bos: int, steps: int, learning_rate: float, batch_size: int = 4
+) -> list[float]:
+    """A few AdamW steps on packed blocks (sampled with replacement): gives a tiny random model something to know."""
+    import torch
+
+    from medtok_dagster.core.training import block_labels
+
+    generator = torch.Generator().manual_seed(0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        picks = torch.randint(len(blocks), (batch_size,), generator=generator).tolist()
+        ids = torch.tensor([list(blocks[i]) for i in picks])
+        loss = model(input_ids=ids, labels=block_labels(ids, bos)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.3)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    return losses

@@ -101,4 +101,5 @@ def test_whole_graph_end_to_end(tmp_path, data_dir, model_dir, tiny_gemma_dir):
     }
     assert set(comparison["strategy"]) == {"base model, base tokenizer", "mean", "distill"}
     assert (comparison[comparison.stage == "after_init"]["texts"] == 64).all()
+    assert set(comparison["stage"]) == {"reference", "after_init", "after_2_steps"}
     assert any(check == "not_worse_than_base" for _, check, _, _ in report.checks)

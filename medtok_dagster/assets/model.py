@@ -1,5 +1,6 @@
 """New rows for the extended vocabulary: distilled rows, initialised models, and the measured strategy comparison."""
 
+import tempfile
 import time
 
 import dagster as dg
@@ -7,6 +8,7 @@ import pandas as pd
 from pydantic import field_validator
 
 from medtok_dagster import layout
+from medtok_dagster.assets.training import TrainConfig, phase0_plan
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import distill, embeddings, evaluation, lm_metrics, training
 from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_json
@@ -333,7 +335,7 @@ class InitComparisonConfig(dg.Config):
     profile: str = "embedded"
     strategies: list[str] = list(STRATEGIES)
     steps: int = 20
-    """Quick LoRA steps after init for the second column (0: compare right after init only)."""
+    """Phase-0 steps after init for the second column, trained as `trained_adapter` trains (0: right after init only)."""
     eval_texts: int = 112
     """Held-out exam questions scored (at least 64 so that differences are real)."""
     batch_size: int = 4
@@ -365,6 +367,49 @@ class InitComparisonConfig(dg.Config):
         return eval_texts
 
 
+def strategy_rows(
+    strategy: str,
+    config: InitComparisonConfig,
+    paths: PathsResource,
+    base_model: BaseModelResource,
+    tokens: list[embeddings.NewToken],
+    held_out: list[str],
+    reference: lm_metrics.TextScore,
+) -> list[dict]:
+    """One strategy's rows: right after init and, with ``steps``, after the Phase-0 training ``trained_adapter`` runs."""
+    dtype = training.inference_settings()[1]
+    model, tokenizer, _ = build_initialized(
+        base_model, paths, config.variant, tokens, strategy, None
+    )
+    after_init = lm_metrics.score_texts(
+        training.in_precision(model, dtype, keep=bool(config.steps)), tokenizer, held_out
+    )
+    rows = [evaluation.comparison_row(strategy, "after_init", after_init, reference)]
+    if config.steps:
+        lora = training.profile(config.profile)
+        new_ids = [t.token_id for t in tokens]
+        peft_model = training.attach_lora(model, lora, new_ids, training.embedding_mode(lora))
+        quick = TrainConfig(
+            max_steps=config.steps,
+            save_steps=config.steps + 1,
+            per_device_batch=config.batch_size,
+            grad_accum=1,
+            max_seq_len=config.block_tokens,
+        )
+        with tempfile.TemporaryDirectory() as checkpoints:
+            plan = phase0_plan(
+                paths, base_model, config.profile, config.variant, quick, checkpoints
+            )
+            training.phase0_trainer(peft_model, tokenizer, plan, lora).train()
+        trained = lm_metrics.score_texts(
+            training.in_precision(peft_model.eval(), dtype, keep=False), tokenizer, held_out
+        )
+        rows.append(
+            evaluation.comparison_row(strategy, f"after_{config.steps}_steps", trained, reference)
+        )
+    return rows
+
+
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "duckdb"},
@@ -385,7 +430,6 @@ def init_comparison(
     base_model: BaseModelResource,
     tokenizer_variants: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    lora = training.profile(config.profile)
     table = tokenizer_variants[tokenizer_variants["variant"] == config.variant]
     tokens = new_tokens(paths, config.variant, table)
     held_out = [q.question for q in exam_questions(paths)][: config.eval_texts]
@@ -397,53 +441,9 @@ def init_comparison(
     rows = [
         evaluation.comparison_row("base model, base tokenizer", "reference", reference, reference)
     ]
-    blocks: list[list[int]] = []
     for strategy in config.strategies:
-        model, tokenizer, _ = build_initialized(
-            base_model, paths, config.variant, tokens, strategy, None
-        )
-        rows.append(
-            evaluation.comparison_row(
-                strategy,
-                "after_init",
-                lm_metrics.score_texts(
-                    training.in_precision(model, dtype, keep=bool(config.steps)),
-                    tokenizer,
-                    held_out,
-                ),
-                reference,
-            )
-        )
-        if config.steps:
-            blocks = blocks or training.pack_blocks(
-                lm_metrics.encode_plain(tokenizer, medical_lines(paths)),
-                config.block_tokens,
-                tokenizer.bos_token_id,
-                tokenizer.eos_token_id,
-            )
-            peft_model = training.attach_lora(
-                model, lora, [t.token_id for t in tokens], "trainable_tokens"
-            )
-            training.quick_train(
-                peft_model,
-                blocks,
-                tokenizer.bos_token_id,
-                config.steps,
-                lora.learning_rate,
-                batch_size=config.batch_size,
-            )
-            rows.append(
-                evaluation.comparison_row(
-                    strategy,
-                    f"after_{config.steps}_steps",
-                    lm_metrics.score_texts(
-                        training.in_precision(peft_model, dtype, keep=False), tokenizer, held_out
-                    ),
-                    reference,
-                )
-            )
+        rows += strategy_rows(strategy, config, paths, base_model, tokens, held_out, reference)
         context.log.info("%s: %s", strategy, rows[-1])
-        del model
     frame = pd.DataFrame(rows)
     after_init = frame[frame["stage"] == "after_init"].sort_values("bits_per_char")
     best = after_init.iloc[0]["strategy"]

@@ -47,6 +47,35 @@ def heldout_texts(paths: PathsResource, count: int) -> dict[str, list[str]]:
     return {text_type: items for text_type, items in texts.items() if items}
 
 
+def phase0_plan(
+    paths: PathsResource,
+    base_model: BaseModelResource,
+    profile: str,
+    variant: str,
+    config: TrainConfig,
+    checkpoint_dir: str | None = None,
+) -> training.TrainPlan:
+    """The Phase-0 run ``config`` asks for, on the training corpora; ``init_comparison``'s quick steps use it too."""
+    source = base_model.source()
+    return training.TrainPlan(
+        base_model=source.load_from,
+        base_model_kind=source.kind,
+        init_dir=str(layout.initialised_dir(paths, profile, variant)),
+        output_dir=str(layout.trained_dir(paths, profile, variant)),
+        checkpoint_dir=checkpoint_dir or str(layout.training_checkpoints(paths, profile, variant)),
+        train_sources=layout.training_sources(paths),
+        source_shares={"medical": config.medical_share, "general": 1 - config.medical_share},
+        heldout_texts=heldout_texts(paths, config.heldout_texts),
+        profile=profile,
+        max_steps=config.max_steps,
+        save_steps=config.save_steps,
+        seed=config.seed,
+        max_seq_len=config.max_seq_len or None,
+        per_device_batch=config.per_device_batch or None,
+        grad_accum=config.grad_accum or None,
+    )
+
+
 def scores_metadata(scores: list[dict]) -> dict[str, dg.MetadataValue]:
     """The base reference beside initialised and trained, per text type, and the difference to the base."""
     frame = pd.DataFrame(scores).pivot(index="text_type", columns="stage", values="bits_per_char")[
@@ -85,24 +114,7 @@ def trained_adapter(
     keys = context.partition_key.keys_by_dimension
     variant, profile = keys["variant"], keys["profile"]
     output_dir = layout.trained_dir(paths, profile, variant)
-    source = base_model.source()
-    plan = training.TrainPlan(
-        base_model=source.load_from,
-        base_model_kind=source.kind,
-        init_dir=str(layout.initialised_dir(paths, profile, variant)),
-        output_dir=str(output_dir),
-        checkpoint_dir=str(layout.training_checkpoints(paths, profile, variant)),
-        train_sources=layout.training_sources(paths),
-        source_shares={"medical": config.medical_share, "general": 1 - config.medical_share},
-        heldout_texts=heldout_texts(paths, config.heldout_texts),
-        profile=profile,
-        max_steps=config.max_steps,
-        save_steps=config.save_steps,
-        seed=config.seed,
-        max_seq_len=config.max_seq_len or None,
-        per_device_batch=config.per_device_batch or None,
-        grad_accum=config.grad_accum or None,
-    )
+    plan = phase0_plan(paths, base_model, profile, variant, config)
     result = pipes_subprocess_client.run(
         command=[sys.executable, "-m", "medtok_dagster.pipes.train_adapter"],
         context=context,

@@ -144,6 +144,15 @@ class GeneralTierConfig(MedicalTierConfig):
     min_freq: int = 10
 
 
+def tier_metadata(frame: pd.DataFrame) -> dict[str, object]:
+    """What a tier's candidate table shows in the UI: its size, where candidates came from, the top rows."""
+    return {
+        "dagster/row_count": len(frame),
+        "by_source": md_counts(frame["source"].value_counts().to_dict(), key="source"),
+        "preview": md_table(frame),
+    }
+
+
 @dg.asset(
     group_name=GROUP,
     kinds={"duckdb"},
@@ -164,14 +173,7 @@ def medical_tokens(
         config.max_tokens,
         config.min_freq,
     )
-    return dg.Output(
-        frame,
-        metadata={
-            "dagster/row_count": len(frame),
-            "by_source": md_counts(frame["source"].value_counts().to_dict(), key="source"),
-            "preview": md_table(frame),
-        },
-    )
+    return dg.Output(frame, metadata=tier_metadata(frame))
 
 
 @dg.asset(
@@ -193,14 +195,7 @@ def general_tokens(
         config.max_tokens,
         config.min_freq,
     )
-    return dg.Output(
-        frame,
-        metadata={
-            "dagster/row_count": len(frame),
-            "by_source": md_counts(frame["source"].value_counts().to_dict(), key="source"),
-            "preview": md_table(frame),
-        },
-    )
+    return dg.Output(frame, metadata=tier_metadata(frame))
 
 
 @dg.asset(

@@ -109,6 +109,21 @@ def model_device(model: Any) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each target under its row of ``logits``, in float64 on the CPU.
+
+    The softmax runs in fp32 whatever the model's precision: in bf16 the normaliser over 262k
+    words loses the small probabilities that bits per character add up.
+    """
+    return (
+        torch.log_softmax(logits.float(), dim=-1)
+        .gather(-1, targets.to(logits.device)[:, None])
+        .squeeze(-1)
+        .double()
+        .cpu()
+    )
+
+
 @torch.no_grad()
 def scored_logprobs(
     model: Any, items: Sequence[Window], pad: int, token_budget: int = DEFAULT_TOKEN_BUDGET
@@ -140,13 +155,7 @@ def scored_logprobs(
         targets = torch.cat([torch.tensor(w.ids[w.first_scored :]) for w in batch]).to(
             logits.device
         )
-        logprobs = (
-            torch.log_softmax(logits.float(), dim=-1)
-            .gather(-1, targets[:, None])
-            .squeeze(-1)
-            .double()
-            .cpu()
-        )
+        logprobs = target_logprobs(logits, targets)
         offset = 0
         for item in batch:
             count = len(item.ids) - item.first_scored
@@ -271,10 +280,9 @@ class ExamScores:
 
 def _bits(logits: torch.Tensor, targets: Sequence[int]) -> float:
     """Negative log-likelihood in bits of ``targets`` under ``logits`` (one row per target)."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(
-        -1, torch.tensor(targets, dtype=torch.long, device=logits.device)[:, None]
-    )
-    return -float(logprobs.double().sum()) / math.log(2)
+    return -float(
+        target_logprobs(logits, torch.tensor(targets, dtype=torch.long)).sum()
+    ) / math.log(2)
 
 
 def last_positions(lengths: Sequence[int], count: int, device: torch.device) -> torch.Tensor:
@@ -342,13 +350,7 @@ def _score_question(
         targets = torch.cat([torch.tensor(o[1:], dtype=torch.long) for o in options]).to(
             logits.device
         )
-        logprobs = (
-            torch.log_softmax(logits.float(), dim=-1)
-            .gather(-1, targets[:, None])
-            .squeeze(-1)
-            .double()
-            .cpu()
-        )
+        logprobs = target_logprobs(logits, targets)
         offset = 0
         for row, option in enumerate(options):
             sums[row] += float(logprobs[offset : offset + len(option) - 1].sum())

@@ -258,39 +258,12 @@ def load_adapter(
         rows = load_file(str(rows_file))
         index = torch.tensor(list(new_ids), dtype=torch.long)
         with torch.no_grad():
-            base_model.get_input_embeddings().weight[index] = rows["input"]
+            embedding = base_model.get_input_embeddings().weight
+            embedding[index] = rows["input"].to(embedding.dtype)
             if "output" in rows:
-                base_model.get_output_embeddings().weight[index] = rows["output"]
+                output = base_model.get_output_embeddings().weight
+                output[index] = rows["output"].to(output.dtype)
     return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
-
-
-def quick_train(
-    model: Any,
-    blocks: Sequence[Sequence[int]],
-    bos: int,
-    steps: int,
-    learning_rate: float,
-    batch_size: int = 4,
-    seed: int = 0,
-) -> list[float]:
-    """A few AdamW steps on packed blocks (sampled with replacement): the 'after K steps' column of the init comparison."""
-    generator = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate)
-    device = model.get_input_embeddings().weight.device
-    model.train()
-    losses = []
-    for _ in range(steps):
-        picks = torch.randint(len(blocks), (batch_size,), generator=generator).tolist()
-        ids = torch.tensor([list(blocks[i]) for i in picks], device=device)
-        loss = model(input_ids=ids, labels=block_labels(ids, bos)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.3)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    model.eval()
-    return losses
 
 
 @dataclass(frozen=True)

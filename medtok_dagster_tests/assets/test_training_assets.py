@@ -107,6 +107,8 @@ def test_pipes_reports_metrics_and_writes_a_small_adapter(prepared):
     out = model_dir / "trained" / "embedded" / "ded_medical"
     assert json.loads((out / "metrics.json").read_text())["adapter_mb"] < 5
     assert "base_model:" in (out / "README.md").read_text()
+    assert meta["source_shares"].value == "medical 1, general 0"
+    assert "medical 100% (medical_corpus.parquet)" in (out / "README.md").read_text()
     assert len(json.loads((out / "loss_curve.json").read_text())) == 4
 
 

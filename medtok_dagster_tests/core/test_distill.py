@@ -14,6 +14,7 @@ from medtok_dagster.core import distill as D
 from medtok_dagster.core import embeddings as E
 from medtok_dagster.core import training as T
 from medtok_dagster.core.lm_metrics import encode_plain
+from medtok_dagster_tests.conftest import teach
 
 NEW = ["▁당뇨병", "▁혈당", "▁심근경색", "▁췌장염"]
 LINES = [
@@ -46,9 +47,7 @@ def taught_gemma_dir(gemma_tokenizer, tiny_gemma_dir, tmp_path_factory):
         gemma_tokenizer.bos_token_id,
         gemma_tokenizer.eos_token_id,
     )
-    T.quick_train(
-        model, blocks, gemma_tokenizer.bos_token_id, steps=60, learning_rate=3e-3, batch_size=8
-    )
+    teach(model, blocks, gemma_tokenizer.bos_token_id, steps=60, learning_rate=3e-3, batch_size=8)
     target = tmp_path_factory.mktemp("taught-gemma")
     model.save_pretrained(target)
     gemma_tokenizer.save_pretrained(target)

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from medtok_dagster.core import lm_metrics as L
-from medtok_dagster.core import training as T
+from medtok_dagster_tests.conftest import teach
 
 LONG = "급성 신우신염 환자는 발열과 옆구리 통증을 호소한다. " * 6
 TEXTS = ["당뇨병 환자의 혈당 조절이 필요합니다.", LONG, "hello world", "μg/dL 단위의 검사 수치"]
@@ -110,9 +110,7 @@ def test_exam_accuracy_on_a_fixture_whose_answers_are_known(tiny_gemma_dir, gemm
     blocks = [b + [gemma_tokenizer.pad_token_id] * (longest - len(b)) for b in blocks]
     for p in model.parameters():
         p.requires_grad_(True)
-    T.quick_train(
-        model, blocks, gemma_tokenizer.bos_token_id, steps=60, learning_rate=3e-3, batch_size=4
-    )
+    teach(model, blocks, gemma_tokenizer.bos_token_id, steps=60, learning_rate=3e-3, batch_size=4)
     scores = L.score_options(model, gemma_tokenizer, QUESTIONS)
     right = L.exam_accuracy(QUESTIONS, scores)
     assert (right.accuracy, right.accuracy_unnormalised, right.questions, right.chance) == (

@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medtok_dagster.core import embeddings as E
 from medtok_dagster.core import training as T
+from medtok_dagster_tests.conftest import teach
 
 TEXT = "그 당뇨병 환자는 혈당을 측정한다"
 
@@ -62,7 +63,7 @@ def test_reloaded_adapter_reproduces_trained_logits(
         tokenizer.bos_token_id,
         tokenizer.eos_token_id,
     )
-    T.quick_train(model, blocks, tokenizer.bos_token_id, steps=2, learning_rate=1e-2, batch_size=2)
+    teach(model, blocks, tokenizer.bos_token_id, steps=2, learning_rate=1e-2, batch_size=2)
     ids = tokenizer(TEXT, return_tensors="pt").input_ids
     with torch.no_grad():
         reference = model(input_ids=ids).logits
@@ -78,6 +79,24 @@ def test_reloaded_adapter_reproduces_trained_logits(
     else:
         assert adapter < 2**20
     assert sizes["adapter_bytes"] > adapter
+
+
+def test_frozen_rows_saved_in_fp32_load_into_a_bf16_base(
+    setup, gemma_tokenizer, tiny_gemma_dir, tmp_path
+):
+    tokenizer, new_ids, base_len = setup
+    model = T.attach_lora(
+        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        T.profile("embedded"),
+        new_ids,
+        "frozen",
+    )
+    rows = model.get_input_embeddings().weight[new_ids].detach().clone()
+    T.save_adapter(model, tokenizer, tmp_path, new_ids, "frozen")
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=torch.bfloat16)
+    reloaded = T.load_adapter(fresh, tmp_path, len(tokenizer), new_ids)
+    loaded = reloaded.get_input_embeddings().weight[new_ids]
+    assert loaded.dtype == torch.bfloat16 and torch.equal(loaded, rows.to(torch.bfloat16))
 
 
 def test_27b_profile_freezes_embeddings(setup, gemma_tokenizer, tiny_gemma_dir):
