@@ -41,7 +41,7 @@ DEMO_RUN_CONFIG = {
                 "per_device_batch": 2,
                 "grad_accum": 1,
                 "max_seq_len": 64,
-                "heldout_texts": 32,
+                "heldout_texts": 16,
             }
         },
         "model_evaluation": {

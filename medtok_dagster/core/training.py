@@ -342,7 +342,10 @@ def mixture_blocks(
     wanted = {name: share / sum(shares.values()) for name, share in shares.items() if share > 0}
     empty = sorted(name for name in wanted if not blocks[name])
     if empty:
-        raise ValueError(f"training sources {empty} have a share but no complete block of text")
+        raise ValueError(
+            f"training sources {empty} have a share but no complete block of text; "
+            "give them text or set their share to 0 (trained_adapter: medical_share)"
+        )
     total = max(len(blocks[name]) / share for name, share in wanted.items())
     rng = random.Random(seed)
     mixed: list[list[int]] = []

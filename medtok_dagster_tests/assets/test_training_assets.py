@@ -69,6 +69,7 @@ def run(resources, steps, raise_on_error=True):
                     "per_device_batch": 2,
                     "grad_accum": 1,
                     "max_seq_len": 32,
+                    "medical_share": 1.0,
                     "heldout_texts": 8,
                 }
             }
