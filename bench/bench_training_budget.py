@@ -8,14 +8,16 @@ a fair reader needs, the base model on its own tokenizer gets the same LoRA and 
 how much of the gain is the training data rather than the tokenizer. Every model is scored on the
 same held-out exam questions (every character, from `<bos>`) beside the untouched base model.
 
-Run after `make demo`: `.venv/bin/python bench/bench_training_budget.py --steps 0 48 96`
+Run after `make demo`: `.venv/bin/python bench/bench_training_budget.py --steps 0 96`
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -24,6 +26,7 @@ import torch
 from _machine import machine
 
 from medtok_dagster import layout, readers
+from medtok_dagster.assets.training import MEDICAL_SHARE
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import lm_metrics, training
 from medtok_dagster.core.io import read_json
@@ -66,7 +69,8 @@ def trained_score(
                 per_device_batch=args.batch,
                 grad_accum=1,
             )
-            training.phase0_trainer(model, tokenizer, plan, lora).train()
+            with contextlib.redirect_stdout(sys.stderr):
+                training.phase0_trainer(model, tokenizer, plan, lora).train()
     model.eval()
     scoring = training.in_precision(model, training.inference_settings()[1], keep=False)
     with torch.no_grad():
@@ -75,10 +79,10 @@ def trained_score(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[0, 48, 96])
+    parser.add_argument("--steps", type=int, nargs="+", default=[0, 96])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--block", type=int, default=64)
-    parser.add_argument("--medical-share", type=float, default=1.0)
+    parser.add_argument("--medical-share", type=float, default=MEDICAL_SHARE)
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--variant", default="ded_medical")
     parser.add_argument("--profile", default="embedded")
