@@ -26,7 +26,7 @@ import torch
 from _machine import machine
 
 from medtok_dagster import layout, readers
-from medtok_dagster.assets.training import MEDICAL_SHARE
+from medtok_dagster.configs import MEDICAL_SHARE
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import lm_metrics, training
 from medtok_dagster.core.io import read_json

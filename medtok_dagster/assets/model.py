@@ -8,7 +8,7 @@ import pandas as pd
 from pydantic import field_validator
 
 from medtok_dagster import layout
-from medtok_dagster.assets.training import TrainConfig, phase0_plan
+from medtok_dagster.configs import TrainConfig, phase0_plan
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import distill, embeddings, evaluation, lm_metrics, training
 from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_json
