@@ -25,6 +25,8 @@ from medtok_dagster.resources import BaseModelResource, PathsResource
 
 GROUP = "model"
 CODE_VERSION = "2"
+INIT_CODE_VERSION = "3"
+"""`initialized_model` and `init_comparison`: embedded rows saved frozen, quick steps trained as `trained_adapter` trains."""
 DISTILL = "distill"
 STRATEGIES = (*embeddings.STRATEGIES, DISTILL)
 DEFAULT_STRATEGY = DISTILL
@@ -265,7 +267,7 @@ class InitConfig(dg.Config):
     partitions_def=model_partitions,
     group_name=GROUP,
     kinds={"pytorch", "safetensors"},
-    code_version=CODE_VERSION,
+    code_version=INIT_CODE_VERSION,
     ins={"tokenizer_variants": dg.AssetIn(partition_mapping=BY_VARIANT)},
     deps=[
         dg.AssetDep("token_descriptions", partition_mapping=BY_VARIANT),
@@ -413,7 +415,7 @@ def strategy_rows(
 @dg.asset(
     group_name=GROUP,
     kinds={"pytorch", "duckdb"},
-    code_version=CODE_VERSION,
+    code_version=INIT_CODE_VERSION,
     deps=[
         "mcq_test",
         "medical_corpus",
