@@ -26,7 +26,7 @@ import torch
 from _machine import machine
 
 from medtok_dagster import layout, readers
-from medtok_dagster.configs import MEDICAL_SHARE
+from medtok_dagster.configs import MEDICAL_SHARE, TrainConfig, phase0_plan
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import lm_metrics, training
 from medtok_dagster.core.io import read_json
@@ -54,20 +54,16 @@ def trained_score(
         model = training.attach_lora(model, lora, [], "frozen")
     if steps:
         with tempfile.TemporaryDirectory() as checkpoints:
-            plan = training.TrainPlan(
-                base_model=source.load_from,
-                init_dir="",
-                output_dir="",
-                checkpoint_dir=checkpoints,
-                train_sources=layout.training_sources(paths),
-                source_shares={"medical": args.medical_share, "general": 1 - args.medical_share},
-                heldout_texts={},
-                profile=args.profile,
+            run = TrainConfig(
                 max_steps=steps,
                 save_steps=steps + 1,
-                max_seq_len=args.block,
                 per_device_batch=args.batch,
                 grad_accum=1,
+                max_seq_len=args.block,
+                medical_share=args.medical_share,
+            )
+            plan = phase0_plan(
+                paths, resources["base_model"], args.profile, args.variant, run, checkpoints
             )
             with contextlib.redirect_stdout(sys.stderr):
                 training.phase0_trainer(model, tokenizer, plan, lora).train()
