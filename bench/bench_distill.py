@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -34,11 +35,12 @@ from medtok_dagster import layout, readers
 from medtok_dagster.assets.model import (
     base_vocab_size,
     build_initialized,
+    calibrated,
     tokens_of_variant,
-    training_lines,
+    training_sources,
 )
 from medtok_dagster.core import base_model as core_base_model
-from medtok_dagster.core import distill, lm_metrics, training
+from medtok_dagster.core import calibration, distill, lm_metrics, training
 from medtok_dagster.resources import build_resources
 
 OPTIONS = {
@@ -72,6 +74,12 @@ def main() -> None:
     parser.add_argument(
         "--min-contexts", type=int, default=1, help="windows a row needs to be kept (the demo: 1)"
     )
+    parser.add_argument(
+        "--calibration-positions",
+        type=int,
+        default=0,
+        help="also score each option after output calibration on this many training positions",
+    )
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--variant", default="ded_medical")
     args = parser.parse_args()
@@ -88,7 +96,8 @@ def main() -> None:
     del base
     tokens = tokens_of_variant(paths, args.variant)
     base_len = base_vocab_size(paths, args.variant)
-    lines = training_lines(paths)
+    sources = training_sources(paths)
+    lines = [line for part in sources.values() for line in part]
     results = {"base": {"bits_per_char": round(reference.bits_per_char, 4)}}
     model, tokenizer, _ = build_initialized(
         base_model, paths, args.variant, tokens, "subtoken_mean", None
@@ -122,7 +131,9 @@ def main() -> None:
         seconds = time.perf_counter() - started
         distill.apply(model, result, base_len)
         coverage, _ = distill.coverage(tokenizer, base_len, set(result.distilled), held_out)
-        score = lm_metrics.score_texts(model.to(dtype), tokenizer, held_out)
+        score = lm_metrics.score_texts(
+            training.in_precision(model, dtype, keep=True), tokenizer, held_out
+        )
         results[name] = {
             "bits_per_char": round(score.bits_per_char, 4),
             "vs_base": round(score.bits_per_char / reference.bits_per_char - 1, 4),
@@ -136,6 +147,23 @@ def main() -> None:
             "frozen_directions": result.stats["frozen_directions"],
             "fallback_rows": result.fallback_rule(),
         }
+        if args.calibration_positions:
+            fitted = calibrated(
+                model,
+                tokenizer,
+                result,
+                sources,
+                base_len,
+                calibration.CalibrationConfig(positions=args.calibration_positions),
+                lambda message: print(message, file=sys.stderr),
+            )
+            distill.apply(model, result, base_len)
+            after = lm_metrics.score_texts(model.to(dtype), tokenizer, held_out).bits_per_char
+            results[name]["calibrated"] = {
+                "bits_per_char": round(after, 4),
+                "vs_base": round(after / reference.bits_per_char - 1, 4),
+                **fitted.stats,
+            }
         del model
     vocab_rows = base_len + len(tokens)
     print(
@@ -154,6 +182,7 @@ def main() -> None:
                     "context_after": args.after,
                     "epochs": args.epochs,
                     "min_contexts": args.min_contexts,
+                    "calibration_positions": args.calibration_positions,
                 },
                 "variant": args.variant,
                 "new_tokens": len(tokens),

@@ -27,7 +27,7 @@ DEMO_RUN_CONFIG = {
         "distilled_embeddings": {
             "config": {
                 "max_tokens": 600,
-                "contexts_per_token": 8,
+                "contexts_per_token": 5,
                 "context_before": 16,
                 "context_after": 6,
                 "epochs": 2.0,
@@ -41,7 +41,7 @@ DEMO_RUN_CONFIG = {
                 "per_device_batch": 2,
                 "grad_accum": 1,
                 "max_seq_len": 64,
-                "heldout_texts": 16,
+                "heldout_texts": 8,
             }
         },
         "model_evaluation": {
@@ -49,7 +49,7 @@ DEMO_RUN_CONFIG = {
                 "general_lines": 64,
                 "control_texts": 16,
                 "prefill_texts": 32,
-                "prefill_repeats": 2,
+                "prefill_repeats": 1,
             }
         },
     }

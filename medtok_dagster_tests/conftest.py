@@ -164,3 +164,34 @@ def teach(
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+MEDICAL_NEW = ["▁당뇨병", "▁혈당", "▁심근경색", "▁췌장염"]
+"""New tokens of the taught-model tests; no line of MEDICAL_LINES contains the last."""
+MEDICAL_LINES = [
+    "당뇨병 환자는 혈당 조절이 중요하다.",
+    "공복 혈당 수치가 높으면 당뇨병을 의심한다.",
+    "급성 심근경색 환자는 흉통을 호소한다.",
+    "심근경색 후에는 혈당 관리도 필요하다.",
+    "당뇨병과 심근경색은 함께 오는 경우가 많다.",
+] * 6
+
+
+@pytest.fixture(scope="session")
+def taught_gemma_dir(gemma_tokenizer, tiny_gemma_dir, tmp_path_factory) -> Path:
+    """The tiny Gemma after 60 steps on MEDICAL_LINES (blocks of 16): it now predicts their pieces."""
+    from transformers import AutoModelForCausalLM
+
+    from medtok_dagster.core.lm_metrics import encode_plain
+    from medtok_dagster.core.training import pack_blocks
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
+    bos = gemma_tokenizer.bos_token_id
+    blocks = pack_blocks(
+        encode_plain(gemma_tokenizer, MEDICAL_LINES), 16, bos, gemma_tokenizer.eos_token_id
+    )
+    teach(model, blocks, bos, steps=60, learning_rate=3e-3, batch_size=8)
+    target = tmp_path_factory.mktemp("taught-gemma")
+    model.save_pretrained(target)
+    gemma_tokenizer.save_pretrained(target)
+    return target

@@ -25,6 +25,7 @@ FAST_CONFIG = {
                 "context_before": 8,
                 "context_after": 4,
                 "epochs": 1.0,
+                "calibration_positions": 2000,
             }
         },
         "init_comparison": {

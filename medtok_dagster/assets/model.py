@@ -8,9 +8,9 @@ import pandas as pd
 from pydantic import field_validator
 
 from medtok_dagster import layout
-from medtok_dagster.configs import TrainConfig, phase0_plan
+from medtok_dagster.configs import MEDICAL_SHARE, TrainConfig, phase0_plan
 from medtok_dagster.core import base_model as core_base_model
-from medtok_dagster.core import distill, embeddings, evaluation, lm_metrics, training
+from medtok_dagster.core import calibration, distill, embeddings, evaluation, lm_metrics, training
 from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_json
 from medtok_dagster.core.variants import VARIANTS
 from medtok_dagster.metadata import md_counts, md_plot, md_table
@@ -24,15 +24,19 @@ from medtok_dagster.readers import (
 from medtok_dagster.resources import BaseModelResource, PathsResource
 
 GROUP = "model"
-CODE_VERSION = "2"
-INIT_CODE_VERSION = "3"
-"""`initialized_model` and `init_comparison`: embedded rows saved frozen, quick steps trained as `trained_adapter` trains."""
+CODE_VERSION = "3"
+"""`distilled_embeddings`: output calibration after distillation."""
+INIT_CODE_VERSION = "4"
+"""`initialized_model` and `init_comparison`: the calibrated distilled rows."""
 DISTILL = "distill"
 STRATEGIES = (*embeddings.STRATEGIES, DISTILL)
 DEFAULT_STRATEGY = DISTILL
 """Chosen by `init_comparison`: lowest held-out bits/char right after init (see README)."""
 CPU_DISTILL_TOKENS = 300
 """Without a GPU, distil the this-many most frequent new tokens (the rest get the fallback rows)."""
+CPU_CALIBRATION_POSITIONS = 20_000
+GPU_CALIBRATION_POSITIONS = 100_000
+"""Training positions observed for output calibration by default, without and with a GPU."""
 EVERY_TOKEN_MIN_CONTEXTS = 4
 """When every token is distilled, rows taught by fewer windows keep the fallback (README)."""
 ALL_CORPUS_SAMPLES = dg.AssetDep(
@@ -74,9 +78,9 @@ def base_vocab_size(paths: PathsResource, variant: str) -> int:
     )
 
 
-def training_lines(paths: PathsResource) -> list[str]:
-    """Every line the model may learn from: the medical corpus and the general samples (never the test split)."""
-    return medical_lines(paths) + general_training_lines(paths)
+def training_sources(paths: PathsResource) -> dict[str, list[str]]:
+    """Every line the model may learn from, by source: the medical corpus and the general samples (never the test split)."""
+    return {"medical": medical_lines(paths), "general": general_training_lines(paths)}
 
 
 def build_initialized(
@@ -110,6 +114,8 @@ def build_initialized(
             "distill": len(result.distilled),
             f"not distilled: {result.fallback_rule()}": len(tokens) - len(result.distilled),
         }
+        distill_info = read_json(layout.distilled_dir(paths, variant) / layout.DISTILL_INFO)
+        info["calibration"] = distill_info.get("calibration")
     return (
         model.to(device) if not quantization else model,
         tokenizer,
@@ -142,17 +148,68 @@ class DistillAssetConfig(dg.Config):
     are (the rows their windows teach in passing help); both measured, README."""
     predict_fallback: bool = True
     """Rows not distilled get subtoken_mean + the change a ridge map predicts from their pieces (measured better, README)."""
+    calibration_positions: int | None = None
+    """Training positions observed to fit one logit offset per new token, folded into its row
+    (0 = off; unset = 20,000 without a GPU, 100,000 with one)."""
+    calibration_penalty: float = 0.01
+    """L2 penalty on the offsets (summed-loss units; measured best, README)."""
+    calibration_block: int = 128
+    """Tokens per calibration block (``<bos>`` first, as Phase-0 trains)."""
     seed: int = 0
 
     def core(self) -> distill.DistillConfig:
         cpu_default = 0 if training.compute_settings()[0] == "cuda" else CPU_DISTILL_TOKENS
-        settings = self.model_dump()
+        settings = self.model_dump(
+            exclude={"calibration_positions", "calibration_penalty", "calibration_block"}
+        )
         settings["max_tokens"] = cpu_default if self.max_tokens is None else self.max_tokens
         if self.min_contexts is None:
             settings["min_contexts"] = (
                 EVERY_TOKEN_MIN_CONTEXTS if settings["max_tokens"] == 0 else 1
             )
         return distill.DistillConfig(mode="tied", **settings)
+
+    def calibration(self) -> calibration.CalibrationConfig:
+        on_gpu = training.compute_settings()[0] == "cuda"
+        default = GPU_CALIBRATION_POSITIONS if on_gpu else CPU_CALIBRATION_POSITIONS
+        positions = default if self.calibration_positions is None else self.calibration_positions
+        return calibration.CalibrationConfig(
+            positions=positions, block=self.calibration_block, penalty=self.calibration_penalty
+        )
+
+
+def calibrated(
+    model,
+    tokenizer,
+    result: distill.DistillResult,
+    sources: dict[str, list[str]],
+    base_len: int,
+    settings: calibration.CalibrationConfig,
+    log,
+) -> calibration.Calibration | None:
+    """Output calibration of the distilled rows on blocks mixed as Phase-0 mixes them (None when off).
+
+    The rows go into ``model`` first, so the offsets correct the model the user gets; the calibrated
+    rows then replace ``result``'s input rows (tied model) or output rows (untied).
+    """
+    if not settings.positions:
+        return None
+    distill.apply(model, result, base_len)
+    shares = {"medical": MEDICAL_SHARE, "general": 1 - MEDICAL_SHARE}
+    blocks = training.mixed_blocks(
+        tokenizer,
+        sources,
+        settings.block,
+        {name: share for name, share in shares.items() if sources.get(name)},
+    )[: settings.blocks_needed()]
+    fitted = calibration.calibrate(
+        model, blocks, base_len, lm_metrics.bos_id(tokenizer), settings, log
+    )
+    if embeddings.embeddings_tied(model):
+        result.input_rows = fitted.rows
+    else:
+        result.output_rows = fitted.rows
+    return fitted
 
 
 @dg.asset(
@@ -180,18 +237,22 @@ def distilled_embeddings(
         base_model, paths, variant, tokens, "subtoken_mean", None
     )
     base_len = base_vocab_size(paths, variant)
-    lines = training_lines(paths)
+    sources = training_sources(paths)
     started = time.monotonic()
     result = distill.distill(
         model,
         tokenizer,
         base_model.load_tokenizer(),
-        lines,
+        [line for lines in sources.values() for line in lines],
         [t.token_id for t in tokens],
         base_len,
         settings,
         checkpoint_dir=layout.distill_checkpoints(paths, variant),
         log=context.log.info,
+    )
+    distill_seconds = time.monotonic() - started
+    fitted = calibrated(
+        model, tokenizer, result, sources, base_len, config.calibration(), context.log.info
     )
     seconds = time.monotonic() - started
     held_out = [q.question for q in exam_questions(paths)] + general_heldout_lines(paths)
@@ -210,12 +271,16 @@ def distilled_embeddings(
         "steps": result.steps,
         "resumed_from_step": result.resumed_from,
         "seconds": round(seconds, 1),
+        "distill_seconds": round(distill_seconds, 1),
         "heldout_coverage": round(share, 4),
         "heldout_new_token_occurrences": occurrences,
         **result.stats,
+        "calibration": fitted.stats if fitted else None,
     }
     with atomic_dir(layout.distilled_dir(paths, variant)) as staging:
         distill.save_rows(staging, result)
+        if fitted is not None:
+            calibration.save(staging, fitted)
         atomic_write_json(staging / layout.DISTILL_INFO, info)
     history = pd.DataFrame(
         result.history or [{"step": 0, "hidden_loss": float("nan"), "output_loss": float("nan")}]
@@ -242,7 +307,19 @@ def distilled_embeddings(
             "seconds": round(seconds, 1),
             "resumed_from_step": result.resumed_from,
             "loss_curve": md_plot(draw),
+            "calibration": calibration_table(fitted.stats if fitted else None),
         },
+    )
+
+
+def calibration_table(stats: dict | None) -> dg.MetadataValue:
+    """The calibration's held-out loss before and after, and what it observed, as a markdown table."""
+    if not stats:
+        return dg.MetadataValue.md("output calibration off (calibration_positions = 0)")
+    return dg.MetadataValue.md(
+        pd.DataFrame({"figure": list(stats), "value": list(stats.values())}).to_markdown(
+            index=False
+        )
     )
 
 
@@ -308,6 +385,7 @@ def initialized_model(
             "tied_embeddings": info["tied"],
             "base_vocab_size": info["base_vocab_size"],
             "embedding_rows": info["embedding_rows"],
+            "calibration": info.get("calibration"),
             **counts,
             **sizes,
             "seconds": round(time.monotonic() - started, 1),
@@ -324,6 +402,11 @@ def initialized_model(
             "new_rows": len(tokens),
             "methods": md_counts(info["methods"], key="method"),
             "tied_embeddings": info["tied"],
+            **(
+                {"calibration": calibration_table(info["calibration"])}
+                if info.get("calibration")
+                else {}
+            ),
             "trainable_parameters": counts["trainable_parameters"],
             "adapter_mb": round(sizes["adapter_bytes"] / 1e6, 1),
         }

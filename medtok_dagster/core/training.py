@@ -357,6 +357,28 @@ def mixture_blocks(
     return mixed
 
 
+def mixed_blocks(
+    tokenizer: Any,
+    sources: Mapping[str, Sequence[str]],
+    block: int,
+    shares: Mapping[str, float],
+    seed: int = 0,
+) -> list[list[int]]:
+    """:func:`pack_blocks` blocks of each source with a share, mixed by ``shares`` (Phase-0 and calibration read the same text)."""
+    per_source = {
+        name: pack_blocks(
+            tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else [],
+            block,
+            tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+        )
+        if shares.get(name, 0) > 0
+        else []
+        for name, texts in sources.items()
+    }
+    return mixture_blocks(per_source, shares, seed)
+
+
 def packed_dataset(
     tokenizer: Any,
     sources: Mapping[str, Sequence[str]],
@@ -367,16 +389,7 @@ def packed_dataset(
     """A ``datasets.Dataset`` of :func:`pack_blocks` blocks of each source, mixed by ``shares``."""
     from datasets import Dataset
 
-    per_source = {
-        name: pack_blocks(
-            tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else [],
-            block,
-            tokenizer.bos_token_id,
-            tokenizer.eos_token_id,
-        )
-        for name, texts in sources.items()
-    }
-    blocks = mixture_blocks(per_source, shares, seed)
+    blocks = mixed_blocks(tokenizer, sources, block, shares, seed)
     labels = block_labels(
         torch.tensor(blocks, dtype=torch.long).reshape(len(blocks), block), tokenizer.bos_token_id
     ).tolist()

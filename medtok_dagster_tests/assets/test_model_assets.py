@@ -15,12 +15,13 @@ import duckdb
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 from tokenizers import AddedToken, Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medtok_dagster import layout, partitions, readers
 from medtok_dagster.assets import evaluation, model, training
-from medtok_dagster.core import distill, lm_metrics
+from medtok_dagster.core import calibration, distill, lm_metrics
 from medtok_dagster.core import training as core_training
 from medtok_dagster.core.corpus import write_lines_parquet
 from medtok_dagster.core.io import atomic_write_json
@@ -43,6 +44,8 @@ FAST = {
             "context_after": 4,
             "epochs": 2.0,
             "batch_size": 4,
+            "calibration_positions": 600,
+            "calibration_block": 16,
         }
     },
     "trained_adapter": {
@@ -174,10 +177,19 @@ def test_distilled_rows_flow_into_the_initialised_model_and_say_what_fell_back(
     meta = result.asset_materializations_for_node("distilled_embeddings")[0].metadata
     assert meta["distilled_tokens"].value == 4 and meta["fallback_tokens"].value == 1
     assert "1 rows not distilled: subtoken_mean" == meta["fallback"].value
-    rows = distill.load_rows(layout.distilled_dir(resources["paths"], "ded_medical"), len(NEW))
+    distilled_dir = layout.distilled_dir(resources["paths"], "ded_medical")
+    rows = distill.load_rows(distilled_dir, len(NEW))
     assert rows.fallback == [int(table["id"].iloc[-1])], (
         "▁췌장염 never occurs in the training lines"
     )
+    calibrated = json.loads((distilled_dir / layout.DISTILL_INFO).read_text())["calibration"]
+    scored = calibrated["fit_positions"] + calibrated["validation_positions"]
+    assert calibrated["blocks"] == 40 and 0.8 * 40 * 15 < scored <= 40 * 15, (
+        "600 positions in blocks of 16 tokens; <bos> is never a target"
+    )
+    assert calibrated["validation_nll_realised"] <= calibrated["validation_nll_before"]
+    offsets = load_file(str(distilled_dir / calibration.OFFSETS_FILE))["offsets"]
+    assert offsets.shape == (len(NEW),) and "validation_nll_realised" in meta["calibration"].value
     init = materialize(
         [variants, model.initialized_model], resources, PARTITION, selection=["initialized_model"]
     )
@@ -192,6 +204,7 @@ def test_distilled_rows_flow_into_the_initialised_model_and_say_what_fell_back(
         "distill": 4,
         "not distilled: subtoken_mean": 1,
     }
+    assert info["calibration"] == calibrated
     extended, _, _ = model.build_initialized(
         resources["base_model"],
         resources["paths"],

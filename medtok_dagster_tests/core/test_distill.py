@@ -12,18 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medtok_dagster.core import distill as D
 from medtok_dagster.core import embeddings as E
-from medtok_dagster.core import training as T
 from medtok_dagster.core.lm_metrics import encode_plain
-from medtok_dagster_tests.conftest import teach
+from medtok_dagster_tests.conftest import MEDICAL_LINES, MEDICAL_NEW
 
-NEW = ["▁당뇨병", "▁혈당", "▁심근경색", "▁췌장염"]
-LINES = [
-    "당뇨병 환자는 혈당 조절이 중요하다.",
-    "공복 혈당 수치가 높으면 당뇨병을 의심한다.",
-    "급성 심근경색 환자는 흉통을 호소한다.",
-    "심근경색 후에는 혈당 관리도 필요하다.",
-    "당뇨병과 심근경색은 함께 오는 경우가 많다.",
-] * 6
+NEW, LINES = MEDICAL_NEW, MEDICAL_LINES
 """No line contains 췌장염: its row has no context and must keep its starting value."""
 CONFIG = D.DistillConfig(
     mode="untied",
@@ -35,23 +27,6 @@ CONFIG = D.DistillConfig(
     learning_rate=1e-2,
     output_weight=1.0,
 )
-
-
-@pytest.fixture(scope="module")
-def taught_gemma_dir(gemma_tokenizer, tiny_gemma_dir, tmp_path_factory):
-    """The tiny Gemma after a few hundred steps on LINES: it now predicts the pieces, so the output objective has a target."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
-    blocks = T.pack_blocks(
-        encode_plain(gemma_tokenizer, LINES),
-        16,
-        gemma_tokenizer.bos_token_id,
-        gemma_tokenizer.eos_token_id,
-    )
-    teach(model, blocks, gemma_tokenizer.bos_token_id, steps=60, learning_rate=3e-3, batch_size=8)
-    target = tmp_path_factory.mktemp("taught-gemma")
-    model.save_pretrained(target)
-    gemma_tokenizer.save_pretrained(target)
-    return target
 
 
 @pytest.fixture(scope="module")
