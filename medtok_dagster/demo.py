@@ -31,9 +31,12 @@ DEMO_RUN_CONFIG = {
                 "context_before": 16,
                 "context_after": 6,
                 "epochs": 2.0,
+                "calibration_positions": 16_000,
             }
         },
-        "init_comparison": {"config": {"steps": 0, "eval_texts": 64}},
+        "init_comparison": {
+            "config": {"strategies": ["subtoken_mean", "distill"], "steps": 0, "eval_texts": 64}
+        },
         "trained_adapter": {
             "config": {
                 "max_steps": 96,

@@ -34,8 +34,8 @@ DEFAULT_STRATEGY = DISTILL
 """Chosen by `init_comparison`: lowest held-out bits/char right after init (see README)."""
 CPU_DISTILL_TOKENS = 300
 """Without a GPU, distil the this-many most frequent new tokens (the rest get the fallback rows)."""
-CPU_CALIBRATION_POSITIONS = 20_000
-GPU_CALIBRATION_POSITIONS = 100_000
+CPU_CALIBRATION_POSITIONS = 40_000
+GPU_CALIBRATION_POSITIONS = 200_000
 """Training positions observed for output calibration by default, without and with a GPU."""
 EVERY_TOKEN_MIN_CONTEXTS = 4
 """When every token is distilled, rows taught by fewer windows keep the fallback (README)."""
@@ -150,8 +150,8 @@ class DistillAssetConfig(dg.Config):
     """Rows not distilled get subtoken_mean + the change a ridge map predicts from their pieces (measured better, README)."""
     calibration_positions: int | None = None
     """Training positions observed to fit one logit offset per new token, folded into its row
-    (0 = off; unset = 20,000 without a GPU, 100,000 with one)."""
-    calibration_penalty: float = 0.01
+    (0 = off; unset = 40,000 without a GPU, 200,000 with one; more measured better, README)."""
+    calibration_penalty: float = 0.3
     """L2 penalty on the offsets (summed-loss units; measured best, README)."""
     calibration_block: int = 128
     """Tokens per calibration block (``<bos>`` first, as Phase-0 trains)."""
@@ -203,7 +203,13 @@ def calibrated(
         {name: share for name, share in shares.items() if sources.get(name)},
     )[: settings.blocks_needed()]
     fitted = calibration.calibrate(
-        model, blocks, base_len, lm_metrics.bos_id(tokenizer), settings, log
+        model,
+        blocks,
+        base_len,
+        len(result.input_rows),
+        lm_metrics.bos_id(tokenizer),
+        settings,
+        log,
     )
     if embeddings.embeddings_tied(model):
         result.input_rows = fitted.rows

@@ -39,6 +39,8 @@ SCALES = (1.0, 0.5, 0.25)
 """Shares of the fitted offsets tried, largest first, until the model's own held-out loss falls."""
 CHUNK = 4096
 """Positions per step of the fitting loops: bounds the ``positions × new tokens`` temporaries."""
+OBSERVE_CHUNK = 1024
+"""Positions per output-layer product while observing: bounds the ``positions × vocabulary`` logits (1 GB)."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,8 @@ class CalibrationConfig:
     """Scored positions (training blocks × (block - 1)); 0 turns calibration off."""
     block: int = 128
     """Tokens per block, ``<bos>`` first, as Phase-0 trains."""
-    penalty: float = 0.01
-    """L2 penalty on the offsets, in units of summed loss (measured best among 0.001–0.1, README)."""
+    penalty: float = 0.3
+    """L2 penalty on the offsets, in units of summed loss (measured best among 0.01–1,000, README)."""
     iterations: int = 10
     batch_size: int = 16
     validation_share: float = 0.1
@@ -107,11 +109,21 @@ def _softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
 
 @torch.no_grad()
 def observe(
-    model: Any, blocks: Sequence[Sequence[int]], base_len: int, bos: int, batch_size: int
+    model: Any,
+    blocks: Sequence[Sequence[int]],
+    base_len: int,
+    new_count: int,
+    bos: int,
+    batch_size: int,
 ) -> Observations:
-    """Run ``model`` (resized, new rows in place) over ``blocks`` and keep every scored position."""
+    """Run ``model`` (resized, new rows in place) over ``blocks`` and keep every scored position.
+
+    Rows ``base_len`` to ``base_len + new_count`` are the new tokens; every other row of the output
+    layer (MedGemma's padding rows too) belongs to the fixed normaliser.
+    """
     decoder, device = decoder_of(model), model_device(model)
     head = model.get_output_embeddings().weight
+    end = base_len + new_count
     cap = softcap_of(model)
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("h", "new", "lse", "base", "target")}
     for start in range(0, len(blocks), batch_size):
@@ -122,15 +134,16 @@ def observe(
         targets = ids[:, 1:].reshape(-1)
         keep = targets != bos
         hidden, targets = hidden[keep], targets[keep]
-        for first in range(0, len(targets), CHUNK):
-            h, t = hidden[first : first + CHUNK], targets[first : first + CHUNK]
+        for first in range(0, len(targets), OBSERVE_CHUNK):
+            h, t = hidden[first : first + OBSERVE_CHUNK], targets[first : first + OBSERVE_CHUNK]
             with autocast(device):
-                base_logits = h @ head[:base_len].T
-            base_logits = _softcap(base_logits.float(), cap)
-            is_new = t >= base_len
+                base_logits = _softcap((h @ head[:base_len].T).float(), cap)
+                padding = _softcap((h @ head[end:].T).float(), cap)
+            lse = torch.logsumexp(torch.cat([base_logits, padding], dim=-1), dim=-1)
+            is_new = (t >= base_len) & (t < end)
             parts["h"].append(h.cpu())
-            parts["new"].append((h @ head[base_len:].float().T).cpu())
-            parts["lse"].append(torch.logsumexp(base_logits, dim=-1).cpu())
+            parts["new"].append((h @ head[base_len:end].float().T).cpu())
+            parts["lse"].append(lse.cpu())
             parts["base"].append(
                 base_logits.gather(-1, t.clamp(max=base_len - 1)[:, None])
                 .squeeze(-1)
@@ -254,20 +267,22 @@ class Calibration:
 def rows_in(model: Any, base_len: int, rows: torch.Tensor) -> Iterator[None]:
     """``model`` with ``rows`` as its new output rows (and input rows, when tied) until the block ends."""
     head = model.get_output_embeddings().weight
-    kept = head[base_len:].detach().clone()
+    new = slice(base_len, base_len + len(rows))
+    kept = head[new].detach().clone()
     with torch.no_grad():
-        head[base_len:] = rows.to(head.device, head.dtype)
+        head[new] = rows.to(head.device, head.dtype)
     try:
         yield
     finally:
         with torch.no_grad():
-            head[base_len:] = kept
+            head[new] = kept
 
 
 def calibrate(
     model: Any,
     blocks: Sequence[Sequence[int]],
     base_len: int,
+    new_count: int,
     bos: int,
     config: CalibrationConfig,
     log: Callable[[str], None] = lambda _: None,
@@ -281,10 +296,17 @@ def calibrate(
     started = time.monotonic()
     held_count = round(len(blocks) * config.validation_share) if len(blocks) > 1 else 0
     fit_blocks, held_blocks = blocks[: len(blocks) - held_count], blocks[len(blocks) - held_count :]
-    fit = observe(model, fit_blocks, base_len, bos, config.batch_size)
+    fit = observe(model, fit_blocks, base_len, new_count, bos, config.batch_size)
     offsets, history = fit_offsets(fit, config)
     direction = bias_direction(fit.hidden)
-    start = model.get_output_embeddings().weight[base_len:].detach().float().cpu().clone()
+    start = (
+        model.get_output_embeddings()
+        .weight[base_len : base_len + new_count]
+        .detach()
+        .float()
+        .cpu()
+        .clone()
+    )
     stats: dict[str, float] = {
         "blocks": len(blocks),
         "fit_positions": len(fit),
@@ -296,12 +318,12 @@ def calibrate(
     }
     scale = 1.0
     if held_blocks:
-        held = observe(model, held_blocks, base_len, bos, config.batch_size)
+        held = observe(model, held_blocks, base_len, new_count, bos, config.batch_size)
         before = mean_nll(held, torch.zeros_like(offsets))
         for scale in SCALES:
             with rows_in(model, base_len, start + scale * offsets[:, None] * direction[None, :]):
                 realised = mean_nll(
-                    observe(model, held_blocks, base_len, bos, config.batch_size),
+                    observe(model, held_blocks, base_len, new_count, bos, config.batch_size),
                     torch.zeros_like(offsets),
                 )
             if realised < before:

@@ -239,12 +239,21 @@ def test_no_test_split_text_reaches_distillation(graph, tiny_gemma_dir, data_dir
         encoding="utf-8",
     )
     seen: list[list[str]] = []
-    original = distill.distill
+    calibrated_on: list[list[int]] = []
+    original, original_calibrate = distill.distill, calibration.calibrate
     monkeypatch.setattr(
         distill,
         "distill",
         lambda model_, tok, base, lines, *a, **k: (
             seen.append(list(lines)) or original(model_, tok, base, lines, *a, **k)
+        ),
+    )
+    monkeypatch.setattr(
+        calibration,
+        "calibrate",
+        lambda model_, blocks, *a, **k: (
+            calibrated_on.append([i for b in blocks for i in b])
+            or original_calibrate(model_, blocks, *a, **k)
         ),
     )
     variants = stand_in(table)
@@ -260,6 +269,10 @@ def test_no_test_split_text_reaches_distillation(graph, tiny_gemma_dir, data_dir
         json.loads(line)["question"] for line in test_file.read_text(encoding="utf-8").splitlines()
     }
     assert not test_questions & set(seen[0])
+    variant = AutoTokenizer.from_pretrained(layout.variant_dir(resources["paths"], "ded_medical"))
+    calibration_text = variant.decode(calibrated_on[0])
+    assert "당뇨병" in calibration_text, "calibration reads the training blocks"
+    assert "시험 문제에만" not in calibration_text, "and never the test split"
     meta = result.asset_materializations_for_node("distilled_embeddings")[0].metadata
     assert 0.0 < meta["heldout_coverage"].value < 1.0, (
         "the planted 췌장염 occurs in held-out text but was never distilled"

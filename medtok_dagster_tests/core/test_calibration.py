@@ -106,14 +106,14 @@ def test_a_known_miscalibration_is_undone_and_held_out_loss_falls(
     """Rows moved by -2 along the bias direction: calibration finds about +2 for every token it sees."""
     model, tokenizer, base_len = extended(gemma_tokenizer, taught_gemma_dir, "subtoken_mean")
     bos, lines = tokenizer.bos_token_id, blocks_of(tokenizer, LINES)
-    observed = C.observe(model, lines, base_len, bos, 16)
+    observed = C.observe(model, lines, base_len, len(NEW), bos, 16)
     with torch.no_grad():
         model.get_input_embeddings().weight[base_len:] -= 2 * C.bias_direction(observed.hidden)
     rows_before = model.get_input_embeddings().weight[base_len:].detach().clone()
     held = blocks_of(tokenizer, HELD_OUT)
     before = loss_on(model, held, bos)
 
-    result = C.calibrate(model, lines, base_len, bos, CONFIG)
+    result = C.calibrate(model, lines, base_len, len(NEW), bos, CONFIG)
 
     assert torch.equal(model.get_input_embeddings().weight[base_len:], rows_before), (
         "calibrate leaves the model alone"
@@ -140,7 +140,7 @@ def test_offsets_that_would_hurt_through_the_input_side_are_shrunk(
     model, tokenizer, base_len = extended(gemma_tokenizer, taught_gemma_dir, "mean")
     bos, held = tokenizer.bos_token_id, blocks_of(tokenizer, HELD_OUT)
     before = loss_on(model, held, bos)
-    result = C.calibrate(model, blocks_of(tokenizer, LINES), base_len, bos, CONFIG)
+    result = C.calibrate(model, blocks_of(tokenizer, LINES), base_len, len(NEW), bos, CONFIG)
     stats = result.stats
     assert stats["offset_scale"] < 1.0
     assert stats["validation_nll_realised"] < stats["validation_nll_before"]
@@ -153,3 +153,29 @@ def test_a_config_that_cannot_score_anything_is_refused():
     with pytest.raises(ValueError, match="block ≥ 2"):
         C.CalibrationConfig(block=1)
     assert C.CalibrationConfig(positions=254, block=128).blocks_needed() == 2
+
+
+def test_padding_rows_of_an_image_text_model_stay_in_the_normaliser(
+    gemma_tokenizer, tiny_medgemma_dir
+):
+    """MedGemma pads its matrix to 262,208 rows: the new tokens fill only some of the padding."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_medgemma_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_medgemma_dir)
+    tokenizer.add_tokens(NEW)
+    base_len = len(gemma_tokenizer)
+    assert E.resize_for(model, len(tokenizer)) > len(tokenizer), "padding rows remain"
+    blocks = blocks_of(tokenizer, LINES)[:4]
+    obs = C.observe(model, blocks, base_len, len(NEW), tokenizer.bos_token_id, 4)
+    assert obs.new_logits.shape[1] == len(NEW)
+    ids = torch.tensor(blocks[:1])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    new = slice(base_len, base_len + len(NEW))
+    scored = ids[0, 1:] != tokenizer.bos_token_id
+    expected = torch.logsumexp(torch.cat([logits[:, : new.start], logits[:, new.stop :]], -1), -1)
+    expected = expected[scored]
+    assert torch.allclose(obs.base_lse[: len(expected)], expected, atol=1e-4)
+    result = C.calibrate(
+        model, blocks, base_len, len(NEW), tokenizer.bos_token_id, C.CalibrationConfig(block=16)
+    )
+    assert result.rows.shape == (len(NEW), model.config.get_text_config().hidden_size)
