@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from medtok_dagster.core.distill import autocast, decoder_of, softcap_of
+from medtok_dagster.core.distill import autocast, decoder_of, softcap, softcap_of
 from medtok_dagster.core.lm_metrics import model_device
 
 OFFSETS_FILE = "logit_offsets.safetensors"
@@ -103,10 +103,6 @@ class Observations:
         )
 
 
-def _softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
 @torch.no_grad()
 def observe(
     model: Any,
@@ -137,8 +133,8 @@ def observe(
         for first in range(0, len(targets), OBSERVE_CHUNK):
             h, t = hidden[first : first + OBSERVE_CHUNK], targets[first : first + OBSERVE_CHUNK]
             with autocast(device):
-                base_logits = _softcap((h @ head[:base_len].T).float(), cap)
-                padding = _softcap((h @ head[end:].T).float(), cap)
+                base_logits = softcap((h @ head[:base_len].T).float(), cap)
+                padding = softcap((h @ head[end:].T).float(), cap)
             lse = torch.logsumexp(torch.cat([base_logits, padding], dim=-1), dim=-1)
             is_new = (t >= base_len) & (t < end)
             parts["h"].append(h.cpu())
@@ -162,7 +158,7 @@ def _chunks(count: int) -> list[slice]:
 
 def _losses(obs: Observations, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position loss (nats) with the new logits moved by ``shift``, and the new tokens' log-probs."""
-    z = _softcap(obs.new_logits + shift, obs.cap)
+    z = softcap(obs.new_logits + shift, obs.cap)
     total = torch.logaddexp(obs.base_lse, torch.logsumexp(z, dim=-1))
     is_new = obs.target >= 0
     target_logit = torch.where(

@@ -274,7 +274,8 @@ def softcap_of(model: Any) -> float | None:
     return getattr(config, "final_logit_softcapping", None)
 
 
-def _softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap · tanh(logits / cap)``, as the model applies it to its logits; unchanged without a cap."""
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
@@ -420,7 +421,7 @@ def _logits(
     ]
     with autocast(device):
         logits = picked @ head.T
-    return _softcap(logits.float(), cap)
+    return softcap(logits.float(), cap)
 
 
 def _logsumexp(
@@ -459,7 +460,7 @@ def output_loss(
             for c, p in zip(targets.context[select].tolist(), targets.position[select].tolist())
         ]
     ).to(rows.device)
-    z = _softcap(hidden.float() @ rows.float().T, cap)
+    z = softcap(hidden.float() @ rows.float().T, cap)
     lse = targets.lse[select].to(rows.device)
     total = torch.logaddexp(lse, torch.logsumexp(z, dim=-1))
     next_row = targets.next_row[select].to(rows.device)

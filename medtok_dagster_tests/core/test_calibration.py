@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medtok_dagster.core import calibration as C
 from medtok_dagster.core import embeddings as E
+from medtok_dagster.core.distill import softcap
 from medtok_dagster.core.lm_metrics import encode_plain
 from medtok_dagster.core.training import block_labels, pack_blocks
 from medtok_dagster_tests.conftest import MEDICAL_LINES, MEDICAL_NEW
@@ -28,7 +29,7 @@ def synthetic(offsets: torch.Tensor, cap: float | None, count: int = 8000) -> C.
     generator = torch.Generator().manual_seed(0)
     base = torch.randn(count, BASE, generator=generator)
     true_new = torch.randn(count, len(offsets), generator=generator) + offsets
-    logits = torch.cat([C._softcap(base, cap), C._softcap(true_new, cap)], dim=-1)
+    logits = torch.cat([softcap(base, cap), softcap(true_new, cap)], dim=-1)
     target = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
     is_new = target >= BASE
     return C.Observations(
