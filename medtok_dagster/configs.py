@@ -21,6 +21,11 @@ MEDICAL_SHARE = 0.75
 about as good as 1.0, while held-out general Korean gets 6% worse than the base instead of 17%."""
 
 
+def source_shares(medical_share: float = MEDICAL_SHARE) -> dict[str, float]:
+    """Shares of training blocks by source: ``medical_share`` medical, the rest general (Phase-0 and calibration)."""
+    return {"medical": medical_share, "general": 1 - medical_share}
+
+
 class TrainConfig(dg.Config):
     """Phase-0 run length; batch shape defaults to the profile (effective batch 32)."""
 
@@ -65,7 +70,7 @@ def phase0_plan(
         output_dir=str(layout.trained_dir(paths, profile, variant)),
         checkpoint_dir=checkpoint_dir or str(layout.training_checkpoints(paths, profile, variant)),
         train_sources=layout.training_sources(paths),
-        source_shares={"medical": config.medical_share, "general": 1 - config.medical_share},
+        source_shares=source_shares(config.medical_share),
         heldout_texts=heldout_texts(paths, config.heldout_texts),
         profile=profile,
         max_steps=config.max_steps,

@@ -8,7 +8,7 @@ import pandas as pd
 from pydantic import field_validator
 
 from medtok_dagster import layout
-from medtok_dagster.configs import MEDICAL_SHARE, TrainConfig, phase0_plan
+from medtok_dagster.configs import TrainConfig, phase0_plan, source_shares
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import calibration, distill, embeddings, evaluation, lm_metrics, training
 from medtok_dagster.core.io import atomic_dir, atomic_write_json, read_json
@@ -195,12 +195,11 @@ def calibrated(
     if not settings.positions:
         return None
     distill.apply(model, result, base_len)
-    shares = {"medical": MEDICAL_SHARE, "general": 1 - MEDICAL_SHARE}
     blocks = training.mixed_blocks(
         tokenizer,
         sources,
         settings.block,
-        {name: share for name, share in shares.items() if sources.get(name)},
+        {name: share for name, share in source_shares().items() if sources.get(name)},
     )[: settings.blocks_needed()]
     fitted = calibration.calibrate(
         model,
