@@ -1,3 +1,9 @@
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 
 from medtok_dagster.core import base_model
@@ -47,3 +53,53 @@ def test_tiny_model_loads_with_safetensors_only(tiny_gemma_dir):
     model = base_model.load_causal_lm(source)
     assert model.get_input_embeddings().weight.shape[0] == 262144
     assert model.config.tie_word_embeddings
+
+
+def tokenizer_only_cache(gemma_dir, root):
+    """A copy of the tokenizer-only conversion, as the tokenizer stages leave it."""
+    target = base_model.embedded_dir(root)
+    shutil.copytree(gemma_dir, target)
+    return target
+
+
+def test_converting_the_weights_reuses_the_converted_tokenizer(gemma_dir, tmp_path, monkeypatch):
+    """The GGUF's vocabulary is parsed once: the weights' conversion copies the tokenizer files."""
+    import transformers
+
+    target = tokenizer_only_cache(gemma_dir, tmp_path)
+
+    def no_gguf_tokenizer(*args, **kwargs):
+        raise AssertionError("the tokenizer was parsed from the GGUF again")
+
+    class Weights:
+        hf_quantizer = None
+
+        def save_pretrained(self, directory, safe_serialization):
+            (Path(directory) / "model.safetensors").write_bytes(b"weights")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_gguf_tokenizer)
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Weights()
+    )
+    assert base_model.ensure_embedded(tmp_path, with_model=True) == target
+    assert (target / "model.safetensors").read_bytes() == b"weights"
+    assert (target / "tokenizer.json").read_bytes() == (gemma_dir / "tokenizer.json").read_bytes()
+    assert json.loads((target / base_model.MARKER_FILE).read_text())["has_model"] is True
+    assert not list(target.glob("*.gguf")), "the assembled GGUF is not kept"
+
+
+def test_processes_needing_the_conversion_at_once_convert_it_once(tmp_path, monkeypatch):
+    calls = []
+
+    def slow_convert(staging, with_model, converted_tokenizer):
+        calls.append(with_model)
+        time.sleep(0.5)
+        (staging / base_model.MARKER_FILE).write_text(
+            json.dumps({"gguf_sha256": base_model.embedded_sha256(), "has_model": with_model})
+        )
+
+    monkeypatch.setattr(base_model, "_convert", slow_convert)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: base_model.ensure_embedded(tmp_path, False), range(4)))
+    assert calls == [False]
+    assert set(results) == {base_model.embedded_dir(tmp_path)}
