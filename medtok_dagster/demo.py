@@ -18,7 +18,7 @@ import dagster as dg
 
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.definitions import OPTIONAL_ASSETS, build_definitions
-from medtok_dagster.resources import BaseModelResource, settings_from_env
+from medtok_dagster.resources import PathsResource, settings_from_env
 
 DEMO_MODEL_PARTITIONS = {"variant": "ded_medical", "profile": "embedded"}
 """Model and training stages run for one variant × profile in the demo (CPU time); the UI can run the rest."""
@@ -220,20 +220,19 @@ def blocking_failures(report: DemoReport) -> list[tuple[str, str, bool, str]]:
     return [c for c in report.checks if not c[2] and c[3] == "ERROR"]
 
 
-def warm_base_model(base_model: BaseModelResource) -> multiprocessing.process.BaseProcess | None:
-    """Convert the embedded base model in a second process while the first, single-threaded stages run.
+def base_model_warmer(settings: dict[str, str]) -> multiprocessing.process.BaseProcess | None:
+    """A process that converts the embedded base model while the first, single-threaded stages run.
 
     Those stages leave the second core idle, and the conversion (about 80 s on this platform's
     2-core machine) would otherwise sit on the critical path twice: tokenizer, then weights. A hub
-    id or a local directory needs no conversion: nothing is started.
+    id or a local directory needs no conversion: no process.
     """
-    if not base_model.name_or_path.startswith(core_base_model.EMBEDDED_PREFIX):
+    if not settings["base_model"].startswith(core_base_model.EMBEDDED_PREFIX):
         return None
-    process = multiprocessing.get_context("spawn").Process(
-        target=core_base_model.warm_embedded, args=(base_model.paths.model("base"),), daemon=True
+    paths = PathsResource(data_dir=settings["data_dir"], model_dir=settings["model_dir"])
+    return multiprocessing.get_context("spawn").Process(
+        target=core_base_model.warm_embedded, args=(paths.model("base"),), daemon=True
     )
-    process.start()
-    return process
 
 
 def main() -> int:
@@ -243,7 +242,9 @@ def main() -> int:
     os.environ.setdefault("DAGSTER_HOME", str(home))
     os.environ.setdefault("MPLCONFIGDIR", str(home.parent / ".cache" / "matplotlib"))
     defs = build_definitions(**settings)
-    warming = warm_base_model(defs.resources["base_model"])
+    warming = base_model_warmer(settings)
+    if warming is not None:
+        warming.start()
     with dg.DagsterInstance.get() as instance:
         report = run_demo(defs, instance, run_config=DEMO_RUN_CONFIG)
     if warming is not None:

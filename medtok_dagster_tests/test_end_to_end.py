@@ -6,8 +6,9 @@ import dagster as dg
 import duckdb
 import pytest
 
+from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.definitions import build_definitions
-from medtok_dagster.demo import blocking_failures, format_report, run_demo
+from medtok_dagster.demo import base_model_warmer, blocking_failures, format_report, run_demo
 from medtok_dagster.resources import DUCKDB_FILE, DUCKDB_SCHEMA
 
 pytestmark = pytest.mark.slow
@@ -104,3 +105,12 @@ def test_whole_graph_end_to_end(tmp_path, data_dir, model_dir, tiny_gemma_dir):
     assert (comparison[comparison.stage == "after_init"]["texts"] == 64).all()
     assert set(comparison["stage"]) == {"reference", "after_init", "after_2_steps"}
     assert any(check == "not_worse_than_base" for _, check, _, _ in report.checks)
+
+
+def test_the_demo_converts_only_an_embedded_base_model_in_the_background(tmp_path):
+    settings = {"data_dir": str(tmp_path / "data"), "model_dir": str(tmp_path / "model")}
+    assert base_model_warmer({**settings, "base_model": "google/medgemma-4b-it"}) is None
+    warmer = base_model_warmer({**settings, "base_model": "embedded:gemma3-270m"})
+    assert warmer._target is core_base_model.warm_embedded
+    assert warmer._args == (tmp_path / "model" / "base",)
+    assert warmer.daemon, "an interrupted demo does not leave a converter behind"

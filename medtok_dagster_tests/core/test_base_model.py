@@ -103,3 +103,21 @@ def test_processes_needing_the_conversion_at_once_convert_it_once(tmp_path, monk
         results = list(pool.map(lambda _: base_model.ensure_embedded(tmp_path, False), range(4)))
     assert calls == [False]
     assert set(results) == {base_model.embedded_dir(tmp_path)}
+
+
+def test_warming_serves_the_tokenizer_first_then_converts_the_weights_reusing_it(
+    tmp_path, monkeypatch
+):
+    calls = []
+
+    def fake_convert(staging, with_model, converted_tokenizer):
+        calls.append((with_model, converted_tokenizer))
+        (staging / base_model.MARKER_FILE).write_text(
+            json.dumps({"gguf_sha256": base_model.embedded_sha256(), "has_model": with_model})
+        )
+
+    monkeypatch.setattr(base_model, "_convert", fake_convert)
+    base_model.warm_embedded(tmp_path)
+    assert calls == [(False, None), (True, base_model.embedded_dir(tmp_path))]
+    base_model.warm_embedded(tmp_path)
+    assert len(calls) == 2, "a warm cache is left alone"
