@@ -35,7 +35,7 @@ def evaluate_stage(
     token_budget: int = lm_metrics.DEFAULT_TOKEN_BUDGET,
 ) -> list[dict[str, Any]]:
     """One row per text type; the exam row (question texts, scored in the same pass as their options) also carries accuracy and prefill speed."""
-    exam = lm_metrics.score_exam(model, tokenizer, texts.questions, token_budget)
+    exam = lm_metrics.score_exam(model, tokenizer, texts.questions)
     speed = lm_metrics.prefill_speed(model, tokenizer, texts.prefill, repeats=prefill_repeats)
     rows = [
         {

@@ -278,6 +278,13 @@ class ExamScores:
     options: OptionScores
 
 
+def _bits(logits: torch.Tensor, targets: Sequence[int]) -> float:
+    """Negative log-likelihood in bits of ``targets`` under ``logits`` (one row per target)."""
+    return -float(
+        target_logprobs(logits, torch.tensor(targets, dtype=torch.long)).sum()
+    ) / math.log(2)
+
+
 def last_positions(lengths: Sequence[int], count: int, device: torch.device) -> torch.Tensor:
     """A boolean ``logits_to_keep`` mask: the last ``count`` real positions of each right-padded row.
 
@@ -292,130 +299,63 @@ def last_positions(lengths: Sequence[int], count: int, device: torch.device) -> 
     return keep.to(device)
 
 
-@dataclass(frozen=True)
-class _ExamItem:
-    """One question's token ids (without ``<bos>``) and each option's ids after the answer prompt."""
-
-    question: list[int]
-    options: list[list[int]]
-
-
-def sliding_window(model: Any) -> int | None:
-    """The longest span a sliding-window attention layer sees (Gemma 3: 512 on the 270M, 1024 on 4B)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
-    return getattr(config or model.config, "sliding_window", None)
-
-
-def exam_batches(
-    items: Sequence[_ExamItem], prompt: int, token_budget: int, window: int | None
-) -> list[list[int]]:
-    """Question indices grouped by length so that batch × longest prefix ≤ ``token_budget``.
-
-    A batch pads its prefixes (``<bos>``, question, prompt) on the right, so its options sit after
-    the longest prefix in the cache. A sliding-window layer keeps only the last ``window`` cache
-    entries, so a batch never reaches past it: a question too long for that is scored alone,
-    unpadded, as it always was.
-    """
-    order = sorted(range(len(items)), key=lambda i: len(items[i].question))
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    longest_prefix = longest_option = 0
-    for index in order:
-        prefix = 1 + len(items[index].question) + prompt
-        option = max(len(o) for o in items[index].options)
-        grown = (max(longest_prefix, prefix), max(longest_option, option))
-        too_wide = window is not None and sum(grown) > window
-        if batch and (too_wide or (len(batch) + 1) * grown[0] > token_budget):
-            batches.append(batch)
-            batch, grown = [], (prefix, option)
-        batch.append(index)
-        longest_prefix, longest_option = grown
-    if batch:
-        batches.append(batch)
-    return batches
-
-
-def _padded_rows(
-    rows: Sequence[Sequence[int]], pad: int, scored: Sequence[Sequence[int]]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, their attention mask, and a ``logits_to_keep`` mask of the ``scored`` positions."""
-    longest = max(len(r) for r in rows)
-    ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), longest), dtype=torch.long)
-    keep = torch.zeros((len(rows), longest), dtype=torch.bool)
-    for index, (row, positions) in enumerate(zip(rows, scored)):
-        ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention[index, : len(row)] = 1
-        keep[index, list(positions)] = True
-    return ids, attention, keep
-
-
 @torch.no_grad()
-def _score_questions(
-    model: Any, bos: int, prompt: list[int], pad: int, items: Sequence[_ExamItem]
-) -> list[tuple[float, list[float]]]:
-    """A batch of questions: each one's own bits (every token from ``<bos>``), then each option's log-likelihood.
+def _score_question(
+    model: Any, bos: int, question: list[int], prompt: list[int], options: list[list[int]], pad: int
+) -> tuple[float, list[float]]:
+    """One question: its own bits (every token from ``<bos>``), then each option's log-likelihood.
 
-    One right-padded pass reads ``<bos>``, question and answer prompt for every question, with
-    logits only where a question token or an option's first token is predicted. Its cache is then
-    repeated once per option, and every option of every question runs as one right-padded batch
-    placed after its own question (attention mask and positions say where), with logits only
-    where option tokens are predicted. A pad is never attended to, so each number equals one
-    question scored alone.
+    The question runs once and is scored as :func:`score_texts` scores it; its KV cache, extended by
+    the answer prompt, is repeated for the options, which run as one right-padded batch with logits
+    computed only at the positions that predict option tokens.
     """
     device = model_device(model)
-    prefixes = [[bos, *item.question, *prompt] for item in items]
-    ids, attention, keep = _padded_rows(
-        prefixes,
-        pad,
-        [[*range(len(item.question)), len(prefix) - 1] for item, prefix in zip(items, prefixes)],
-    )
     head = model(
-        input_ids=ids.to(device),
-        attention_mask=attention.to(device),
+        input_ids=torch.tensor([[bos, *question]], device=device),
         use_cache=True,
-        logits_to_keep=keep.to(device),
+        logits_to_keep=torch.arange(len(question) + 1, device=device)[None] < len(question),
     )
     cache = head.cache if hasattr(head, "cache") else head.past_key_values
-    logprobs = torch.log_softmax(head.logits.float(), dim=-1)
-    results, offset = [], 0
-    for item in items:
-        count = len(item.question)
-        question = logprobs[torch.arange(offset, offset + count), torch.tensor(item.question)]
-        first = logprobs[offset + count]
-        results.append(
-            (
-                -float(question.double().sum()) / math.log(2),
-                [float(first[o[0]]) for o in item.options],
-            )
-        )
-        offset += count + 1
-    del logprobs
-    slots = [(row, slot) for row, item in enumerate(items) for slot in range(len(item.options))]
-    owner = [row for row, _ in slots]
-    options = [items[row].options[slot] for row, slot in slots]
-    cache.batch_select_indices(torch.tensor(owner, device=device))
-    if max(len(o) for o in options) == 1:
-        return results
-    option_ids, option_attention, option_keep = _padded_rows(
-        options, pad, [range(len(o) - 1) for o in options]
-    )
-    starts = torch.tensor([len(prefixes[row]) for row in owner])
-    logits = model(
-        input_ids=option_ids.to(device),
-        attention_mask=torch.cat([attention[owner], option_attention], dim=1).to(device),
-        position_ids=(starts[:, None] + torch.arange(option_ids.shape[1])).to(device),
+    question_bits = _bits(head.logits, question)
+    prefix = model(
+        input_ids=torch.tensor([prompt], device=device),
         cache=cache,
         use_cache=True,
-        logits_to_keep=option_keep.to(device),
-    ).logits
-    targets = torch.cat([torch.tensor(o[1:], dtype=torch.long) for o in options])
-    option_logprobs = target_logprobs(logits, targets)
-    offset = 0
-    for (row, slot), option in zip(slots, options):
-        results[row][1][slot] += float(option_logprobs[offset : offset + len(option) - 1].sum())
-        offset += len(option) - 1
-    return results
+        logits_to_keep=last_positions([len(prompt)], 1, device),
+    )
+    cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
+    cache.batch_repeat_interleave(len(options))
+    first = torch.log_softmax(prefix.logits[-1].float(), dim=-1)
+    context = 1 + len(question) + len(prompt)
+    longest = max(len(o) for o in options)
+    input_ids = torch.full((len(options), longest), pad, dtype=torch.long)
+    attention = torch.zeros((len(options), context + longest), dtype=torch.long)
+    attention[:, :context] = 1
+    keep = torch.zeros((len(options), longest), dtype=torch.bool)
+    for row, option in enumerate(options):
+        input_ids[row, : len(option)] = torch.tensor(option)
+        attention[row, context : context + len(option)] = 1
+        keep[row, : len(option) - 1] = True
+    position_ids = torch.arange(context, context + longest)[None].expand(len(options), -1)
+    sums = [float(first[o[0]]) for o in options]
+    if longest > 1:
+        logits = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=position_ids.to(device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=keep.to(device),
+        ).logits
+        targets = torch.cat([torch.tensor(o[1:], dtype=torch.long) for o in options]).to(
+            logits.device
+        )
+        logprobs = target_logprobs(logits, targets)
+        offset = 0
+        for row, option in enumerate(options):
+            sums[row] += float(logprobs[offset : offset + len(option) - 1].sum())
+            offset += len(option) - 1
+    return question_bits, sums
 
 
 def option_texts(question: Question) -> tuple[str, list[str]]:
@@ -423,45 +363,25 @@ def option_texts(question: Question) -> tuple[str, list[str]]:
     return question.question + ANSWER_PROMPT, [" " + option for option in question.options]
 
 
-def score_exam(
-    model: Any,
-    tokenizer: Any,
-    questions: Sequence[Question],
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
-) -> ExamScores:
-    """Bits/char of the question texts and every option's log-likelihood, questions batched by length.
+def score_exam(model: Any, tokenizer: Any, questions: Sequence[Question]) -> ExamScores:
+    """Bits/char of the question texts and every option's log-likelihood, one forward pass per question.
 
     The question is tokenised on its own (as :func:`score_texts` tokenises it) and the answer prompt
-    separately, so the question's bits are exactly its held-out score and its cache serves the
-    options. Batching matters on a CPU: the output layer's product runs about twice as fast on
-    1,024 rows as on one question's hundred.
+    separately, so the question's bits are exactly its held-out score and its cache serves the options.
     """
     model.eval()
     bos, pad = bos_id(tokenizer), pad_id(tokenizer)
     (prompt,) = encode_plain(tokenizer, [ANSWER_PROMPT])
-    items = []
+    bits, tokens, logprobs, chars = 0.0, 0, [], []
     for question in questions:
-        question_ids, *option_ids = encode_plain(
-            tokenizer, [question.question, *option_texts(question)[1]]
-        )
-        items.append(_ExamItem(question_ids, option_ids))
-    scored: list[tuple[float, list[float]]] = [(0.0, [])] * len(items)
-    for batch in exam_batches(items, len(prompt), token_budget, sliding_window(model)):
-        for index, result in zip(
-            batch, _score_questions(model, bos, prompt, pad, [items[i] for i in batch])
-        ):
-            scored[index] = result
-    text = TextScore(
-        sum(bits for bits, _ in scored),
-        sum(len(item.question) for item in items),
-        sum(len(q.question) for q in questions),
-        len(questions),
-    )
-    options = OptionScores(
-        [sums for _, sums in scored],
-        [[len(c) for c in option_texts(q)[1]] for q in questions],
-    )
-    return ExamScores(text, options)
+        continuations = option_texts(question)[1]
+        question_ids, *option_ids = encode_plain(tokenizer, [question.question, *continuations])
+        question_bits, sums = _score_question(model, bos, question_ids, prompt, option_ids, pad)
+        bits, tokens = bits + question_bits, tokens + len(question_ids)
+        logprobs.append(sums)
+        chars.append([len(c) for c in continuations])
+    text = TextScore(bits, tokens, sum(len(q.question) for q in questions), len(questions))
+    return ExamScores(text, OptionScores(logprobs, chars))
 
 
 def score_options(model: Any, tokenizer: Any, questions: Sequence[Question]) -> OptionScores:

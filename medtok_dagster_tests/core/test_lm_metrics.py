@@ -163,36 +163,18 @@ def test_exam_pass_scores_the_question_texts_as_score_texts_does(model, gemma_to
     assert exam.questions.bits == pytest.approx(plain.bits, rel=1e-4)
 
 
-def test_exam_batches_fill_the_token_budget_and_stay_inside_the_sliding_window():
-    items = [L._ExamItem([7] * n, [[5] * o for o in options]) for n, options in LENGTHS]
-    batches = L.exam_batches(items, prompt=3, token_budget=120, window=64)
-    assert sorted(i for b in batches for i in b) == list(range(len(items)))
-    for batch in batches:
-        prefixes = [1 + len(items[i].question) + 3 for i in batch]
-        widest = max(prefixes) + max(len(o) for i in batch for o in items[i].options)
-        assert len(batch) == 1 or (len(batch) * max(prefixes) <= 120 and widest <= 64)
-    assert [4] in batches, "a question whose options reach past the window is scored alone"
-    assert max(len(b) for b in batches) > 1, "short questions share a pass"
-    assert L.exam_batches(items, 3, 10**6, None) == [sorted(range(5), key=lambda i: LENGTHS[i][0])]
-
-
-LENGTHS = [(10, (2, 3)), (12, (4, 1)), (30, (2, 2)), (11, (9, 2)), (50, (20, 3))]
-"""Question lengths and option lengths: the last one's prefix plus its longest option is 74 > 64."""
-
-
-def test_batched_exam_equals_each_question_alone_on_the_image_text_model(
+def test_exam_pass_on_the_image_text_model_equals_the_naive_loop_past_the_sliding_window(
     tiny_medgemma_dir, gemma_tokenizer
 ):
-    """MedGemma's structure, right-padded questions sharing passes, a question past the sliding window."""
+    """MedGemma's structure (cache handed from question to options), and a question longer than the window."""
     model = AutoModelForCausalLM.from_pretrained(tiny_medgemma_dir).eval()
     long = L.Question(LONG, ("신우신염", "방광염과 요도염이 함께 있는 경우"), 0)
     questions = [*QUESTIONS, long]
-    batched = L.score_exam(model, gemma_tokenizer, questions)
-    alone = L.score_exam(model, gemma_tokenizer, questions, token_budget=1)
+    exam = L.score_exam(model, gemma_tokenizer, questions)
     naive = L.score_options_naive(model, gemma_tokenizer, questions)
-    assert batched.questions.bits == pytest.approx(alone.questions.bits, rel=1e-5)
-    for a, b, c in zip(batched.options.logprobs, alone.options.logprobs, naive.logprobs):
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-4)
-        assert a == pytest.approx(c, rel=1e-4, abs=1e-3)
-    assert L.sliding_window(model) == 64
+    plain = L.score_texts(model, gemma_tokenizer, [q.question for q in questions])
+    for fast, slow in zip(exam.options.logprobs, naive.logprobs):
+        assert fast == pytest.approx(slow, rel=1e-4, abs=1e-3)
+    assert exam.questions.bits == pytest.approx(plain.bits, rel=1e-4)
+    assert model.config.get_text_config().sliding_window == 64
     assert len(L.encode_plain(gemma_tokenizer, [LONG])[0]) > 64
