@@ -8,7 +8,7 @@ The embedded model ships as a quantised GGUF split across pip packages. Converti
 dequantise, save) takes about a minute and 3 GB, so it happens once and is cached in a directory
 keyed by the GGUF's sha256; a tokenizer-only conversion (half the time) serves runs that never
 touch weights, and a later conversion of the weights reuses its tokenizer. Processes that need the
-conversion at the same moment take turns on a lock file, so it runs once.
+conversion at the same moment take turns on a lock of the cache directory, so it runs once.
 """
 
 from __future__ import annotations
@@ -155,14 +155,18 @@ def _serves(marker: dict[str, Any], with_model: bool) -> bool:
 
 @contextlib.contextmanager
 def _conversion_lock(target: Path) -> Iterator[None]:
-    """One converting process at a time per cache directory (others wait, then find it done)."""
+    """One converting process at a time per cache directory (others wait, then find it done).
+
+    The lock is taken on the cache directory itself, so no lock file is left behind, not even by a
+    conversion that fails.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    with (target.parent / f".{target.name}.lock").open("w") as handle:
+    handle = os.open(target.parent, os.O_RDONLY)
+    try:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(handle)
 
 
 def ensure_embedded(cache_root: Path, with_model: bool = True) -> Path:
