@@ -18,7 +18,7 @@ import dagster as dg
 
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.definitions import OPTIONAL_ASSETS, build_definitions
-from medtok_dagster.resources import PathsResource, settings_from_env
+from medtok_dagster.resources import BaseModelResource, PathsResource, settings_from_env
 
 DEMO_MODEL_PARTITIONS = {"variant": "ded_medical", "profile": "embedded"}
 """Model and training stages run for one variant × profile in the demo (CPU time); the UI can run the rest."""
@@ -227,11 +227,14 @@ def base_model_warmer(settings: dict[str, str]) -> multiprocessing.process.BaseP
     2-core machine) would otherwise sit on the critical path twice: tokenizer, then weights. A hub
     id or a local directory needs no conversion: no process.
     """
-    if not settings["base_model"].startswith(core_base_model.EMBEDDED_PREFIX):
+    if not core_base_model.is_embedded(settings["base_model"]):
         return None
-    paths = PathsResource(data_dir=settings["data_dir"], model_dir=settings["model_dir"])
+    base_model = BaseModelResource(
+        name_or_path=settings["base_model"],
+        paths=PathsResource(data_dir=settings["data_dir"], model_dir=settings["model_dir"]),
+    )
     return multiprocessing.get_context("spawn").Process(
-        target=core_base_model.warm_embedded, args=(paths.model("base"),), daemon=True
+        target=core_base_model.warm_embedded, args=(base_model.cache_root(),), daemon=True
     )
 
 

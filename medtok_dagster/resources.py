@@ -98,11 +98,13 @@ class BaseModelResource(dg.ConfigurableResource):
     name_or_path: str = DEFAULT_BASE_MODEL
     paths: dg.ResourceDependency[PathsResource]
 
+    def cache_root(self) -> Path:
+        """Where the embedded model is converted to (one directory per GGUF sha256 under it)."""
+        return self.paths.model("base")
+
     def source(self, with_model: bool = True) -> core_base_model.BaseModelSource:
         """Resolve (and for the embedded model, convert once) the configured base."""
-        return core_base_model.resolve(
-            self.name_or_path, self.paths.model("base"), with_model=with_model
-        )
+        return core_base_model.resolve(self.name_or_path, self.cache_root(), with_model=with_model)
 
     def load_tokenizer(self) -> Any:
         """The base tokenizer (never the weights, so tokenizer stages stay cheap)."""

@@ -175,9 +175,10 @@ def ensure_embedded(cache_root: Path, with_model: bool = True) -> Path:
     if _serves(_marker(target), with_model):
         return target
     with _conversion_lock(target):
-        if _serves(_marker(target), with_model):
+        marker = _marker(target)
+        if _serves(marker, with_model):
             return target
-        tokenizer = target if _serves(_marker(target), False) else None
+        tokenizer = target if _serves(marker, False) else None
         with atomic_dir(target) as staging:
             _convert(staging, with_model, tokenizer)
     return target
@@ -299,13 +300,18 @@ def check_safetensors(path: Path) -> None:
         )
 
 
+def is_embedded(name_or_path: str) -> bool:
+    """Whether the ``base_model`` setting names the embedded model (the one source that is converted)."""
+    return name_or_path.startswith(EMBEDDED_PREFIX)
+
+
 def resolve(name_or_path: str, cache_root: Path, with_model: bool = True) -> BaseModelSource:
     """Turn the ``base_model`` setting into something transformers can load.
 
     ``embedded:gemma3-270m`` converts (once) and serves the pip-shipped model; an existing local
     path is validated; anything else is a hub id, loaded with whatever network or cache the user has.
     """
-    if name_or_path.startswith(EMBEDDED_PREFIX):
+    if is_embedded(name_or_path):
         name = name_or_path[len(EMBEDDED_PREFIX) :]
         if name != EMBEDDED_NAME:
             raise BaseModelError(f"unknown embedded model {name!r}; available: {EMBEDDED_NAME!r}")
