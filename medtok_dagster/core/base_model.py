@@ -300,6 +300,56 @@ def check_safetensors(path: Path) -> None:
         )
 
 
+IDENTITY_SAMPLES = 8
+IDENTITY_SAMPLE_BYTES = 1 << 20
+
+
+def _weights_digest(directory: Path) -> str:
+    """A content digest of a directory's weights that reads megabytes, not gigabytes.
+
+    Each safetensors file contributes its name, size, whole header (tensor names, dtypes, shapes)
+    and :data:`IDENTITY_SAMPLES` evenly spaced 1 MiB samples of its data: two models of one shape
+    (a fine-tune, another random init) differ in those bytes, and a 27B model is fingerprinted in
+    well under a second instead of a minute of hashing.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob(f"*{WEIGHT_SUFFIX}")):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            digest.update(handle.read(min(header_len, size)))
+            data_start = 8 + header_len
+            span = max(size - data_start - IDENTITY_SAMPLE_BYTES, 0)
+            for index in range(IDENTITY_SAMPLES):
+                handle.seek(data_start + span * index // max(IDENTITY_SAMPLES - 1, 1))
+                digest.update(handle.read(IDENTITY_SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def identity(source: BaseModelSource) -> str:
+    """Which base model this is, for keying what was derived from it (distilled rows, checkpoints).
+
+    The embedded model is its GGUF's sha256; a local directory its ``config.json`` and a sampled
+    digest of its weights (the path alone would let a replaced model reuse stale work); a hub id its
+    name and the snapshot revision cached locally, where there is one.
+    """
+    if source.kind == "embedded":
+        return f"embedded:{embedded_sha256()[:16]}"
+    if source.kind == "local":
+        directory = Path(source.load_from)
+        config = directory / "config.json"
+        config_digest = (
+            hashlib.sha256(config.read_bytes()).hexdigest()[:16] if config.is_file() else ""
+        )
+        return f"local:{config_digest}:{_weights_digest(directory)}"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source.name_or_path, "config.json")
+    revision = Path(cached).parent.name if isinstance(cached, str) else "uncached"
+    return f"hub:{source.name_or_path}@{revision}"
+
+
 def is_embedded(name_or_path: str) -> bool:
     """Whether the ``base_model`` setting names the embedded model (the one source that is converted)."""
     return name_or_path.startswith(EMBEDDED_PREFIX)

@@ -121,3 +121,31 @@ def test_warming_serves_the_tokenizer_first_then_converts_the_weights_reusing_it
     assert calls == [(False, None), (True, base_model.embedded_dir(tmp_path))]
     base_model.warm_embedded(tmp_path)
     assert len(calls) == 2, "a warm cache is left alone"
+
+
+def test_identity_tells_apart_models_of_one_shape(tmp_path, gemma_tokenizer):
+    """A copy keeps its identity; the same shape with other weights (a fine-tune) does not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from medtok_dagster_tests.conftest import make_tiny_gemma
+
+    first = make_tiny_gemma(tmp_path / "first", gemma_tokenizer)
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    tuned = tmp_path / "tuned"
+    model = AutoModelForCausalLM.from_pretrained(first)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01)
+    model.save_pretrained(tuned)
+    gemma_tokenizer.save_pretrained(tuned)
+
+    def of(path):
+        return base_model.identity(base_model.resolve(str(path), tmp_path / "cache"))
+
+    assert of(first) == of(copy)
+    assert of(first) != of(tuned)
+    assert of(first).startswith("local:")
+    embedded = base_model.BaseModelSource("x", "embedded", "embedded:gemma3-270m")
+    assert base_model.identity(embedded) == f"embedded:{base_model.embedded_sha256()[:16]}"
