@@ -19,7 +19,8 @@ from medtok_dagster.readers import (
 from medtok_dagster.resources import BaseModelResource, PathsResource
 
 GROUP = "evaluation"
-CODE_VERSION = "1"
+CODE_VERSION = "2"
+"""Damaged initialised or merged directories are refused before the base is scored."""
 CHECK = "not_worse_than_base"
 
 
@@ -71,6 +72,22 @@ def load_stage(
     return core_base_model.load_causal_lm(local, dtype=dtype).to(
         device
     ), core_base_model.load_local_tokenizer(merged)
+
+
+def check_stages(
+    paths: PathsResource, base_model: BaseModelResource, profile: str, variant: str
+) -> None:
+    """The initialised adapter and the merged directory, checked before the base is scored.
+
+    Stages are scored in order and the merged model comes last; without this a damaged merged
+    directory would surface only after the base and initialised stages ran.
+    """
+    training.check_saved_adapter(
+        layout.initialised_dir(paths, profile, variant), base_model.source()
+    )
+    core_base_model.check_local_model_dir(
+        layout.merged_dir(paths, profile, variant), need_weights=True
+    )
 
 
 def summary_frames(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -167,6 +184,7 @@ def model_evaluation(
 ):
     keys = context.partition_key.keys_by_dimension
     variant, profile = keys["variant"], keys["profile"]
+    check_stages(paths, base_model, profile, variant)
     texts = eval_texts(paths, config)
     rows = []
     for stage in evaluation.STAGES:

@@ -14,7 +14,8 @@ from medtok_dagster.partitions import model_partitions
 from medtok_dagster.resources import BaseModelResource, PathsResource
 
 GROUP = "training"
-CODE_VERSION = "3"
+CODE_VERSION = "4"
+"""Checkpoints keyed to their inputs; damaged adapters refused before training or merging."""
 
 
 def scores_metadata(scores: list[dict]) -> dict[str, dg.MetadataValue]:
@@ -56,6 +57,9 @@ def trained_adapter(
     variant, profile = keys["variant"], keys["profile"]
     output_dir = layout.trained_dir(paths, profile, variant)
     plan = phase0_plan(paths, base_model, profile, variant, config)
+    training.check_saved_adapter(
+        layout.initialised_dir(paths, profile, variant), base_model.source()
+    )
     result = pipes_subprocess_client.run(
         command=[sys.executable, "-m", "medtok_dagster.pipes.train_adapter"],
         context=context,
@@ -100,6 +104,7 @@ def merged_model(
     adapter_dir = layout.trained_dir(paths, profile, variant)
     target = layout.merged_dir(paths, profile, variant)
     source = base_model.source()
+    training.check_saved_adapter(adapter_dir, source)
     with atomic_dir(target) as staging:
         info = merge.merge_adapter(source, adapter_dir, staging, final_dir=target)
     context.log.info(

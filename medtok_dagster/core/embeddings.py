@@ -95,23 +95,39 @@ def plan_init(
 def _rows(
     matrix: torch.Tensor, plan: InitPlan, base_len: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """New rows for one matrix (input or untied output embeddings), computed in one pass."""
-    base = matrix[:base_len]
-    mean = base.float().mean(dim=0)
-    rows = mean.expand(len(plan.token_ids), -1).clone()
+    """New rows for one matrix (input or untied output embeddings), computed in one pass.
+
+    Everything is made on the matrix's device (a GPU when the base was loaded there): the index
+    lists go there, and random rows are drawn on the CPU generator (the same rows on every device)
+    and then moved. Indexed writes are ``index_copy_``/``index_fill_``, which insist on one device.
+    """
+    device = matrix.device
+    base = matrix.narrow(0, 0, base_len).float()
+    rows = base.mean(dim=0).expand(len(plan.token_ids), -1).clone()
     bag_rows = [i for i, s in enumerate(plan.sources) if s]
     if bag_rows:
-        flat = torch.tensor([idx for i in bag_rows for idx in plan.sources[i]], dtype=torch.long)
-        lengths = torch.tensor([len(plan.sources[i]) for i in bag_rows], dtype=torch.long)
+        flat = torch.tensor(
+            [idx for i in bag_rows for idx in plan.sources[i]], dtype=torch.long, device=device
+        )
+        lengths = torch.tensor(
+            [len(plan.sources[i]) for i in bag_rows], dtype=torch.long, device=device
+        )
         offsets = torch.cumsum(lengths, 0) - lengths
-        rows[bag_rows] = torch.nn.functional.embedding_bag(flat, base.float(), offsets, mode="mean")
+        bags = torch.nn.functional.embedding_bag(flat, base, offsets, mode="mean")
+        rows.index_copy_(0, _positions(bag_rows, device), bags)
     zero = [i for i, m in enumerate(plan.methods) if m == "zero"]
-    rows[zero] = 0.0
+    if zero:
+        rows.index_fill_(0, _positions(zero, device), 0.0)
     random_rows = [i for i, m in enumerate(plan.methods) if m == "random"]
     if random_rows:
-        std = base.float().std().item()
-        rows[random_rows] = torch.randn(len(random_rows), base.shape[1], generator=generator) * std
+        noise = torch.randn(len(random_rows), base.shape[1], generator=generator).to(device)
+        rows.index_copy_(0, _positions(random_rows, device), noise * base.std())
     return rows.to(matrix.dtype)
+
+
+def _positions(indices: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Row indices as a long tensor on ``device`` (indexed ops refuse an index on another device)."""
+    return torch.tensor(list(indices), dtype=torch.long, device=device)
 
 
 def embeddings_tied(model: Any) -> bool:
@@ -132,15 +148,18 @@ def resize_for(model: Any, new_len: int) -> int:
 
 @torch.no_grad()
 def apply_init(model: Any, plan: InitPlan, base_len: int, seed: int = 0) -> dict[str, Any]:
-    """Write the planned rows into the input (and, if untied, output) embeddings."""
+    """Write the planned rows into the input (and, if untied, output) embeddings, on their device."""
     generator = torch.Generator().manual_seed(seed)
     tied = embeddings_tied(model)
-    index = torch.tensor(plan.token_ids, dtype=torch.long)
     embedding = model.get_input_embeddings().weight
-    embedding[index] = _rows(embedding, plan, base_len, generator)
+    embedding.index_copy_(
+        0, _positions(plan.token_ids, embedding.device), _rows(embedding, plan, base_len, generator)
+    )
     if not tied and model.get_output_embeddings() is not None:
         output = model.get_output_embeddings().weight
-        output[index] = _rows(output, plan, base_len, generator)
+        output.index_copy_(
+            0, _positions(plan.token_ids, output.device), _rows(output, plan, base_len, generator)
+        )
     return {"tied": tied, "methods": plan.counts(), "rows": len(plan.token_ids)}
 
 

@@ -406,7 +406,9 @@ def score_options_naive(model: Any, tokenizer: Any, questions: Sequence[Question
                 all_logprobs = torch.log_softmax(
                     model(input_ids=ids, use_cache=False).logits[0].float(), dim=-1
                 )
-                positions = torch.arange(len(context_ids), len(context_ids) + len(option))
+                positions = torch.arange(
+                    len(context_ids), len(context_ids) + len(option), device=all_logprobs.device
+                )
                 row.append(float(all_logprobs[positions, ids[0, positions + 1]].double().sum()))
             logprobs.append(row)
             chars.append([len(c) for c in continuations])

@@ -76,7 +76,11 @@ def copy_processor_files(source: core_base_model.BaseModelSource, out_dir: Path)
 def merge_adapter(
     source: core_base_model.BaseModelSource, adapter_dir: Path, out_dir: Path, final_dir: Path
 ) -> dict[str, Any]:
-    """Base + adapter → one merged model saved into ``out_dir`` (to be renamed to ``final_dir``)."""
+    """Base + adapter → one merged model saved into ``out_dir`` (to be renamed to ``final_dir``).
+
+    The adapter is checked before the base is loaded: a damaged file is named in seconds.
+    """
+    training.check_saved_adapter(adapter_dir, source)
     device, dtype = training.compute_settings()
     info = read_json(adapter_dir / training.INIT_INFO)
     tokenizer = core_base_model.load_local_tokenizer(adapter_dir)

@@ -12,7 +12,10 @@ read held-out exam text worse than LoRA alone (README, training table).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import random
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,8 +23,14 @@ from typing import Any
 
 import torch
 
-from medtok_dagster.core.base_model import PICKLE_SUFFIXES
+from medtok_dagster.core.base_model import (
+    PICKLE_SUFFIXES,
+    BaseModelError,
+    check_safetensors,
+    load_local_tokenizer,
+)
 from medtok_dagster.core.embeddings import embeddings_tied, resize_for
+from medtok_dagster.core.io import atomic_write_json, read_json
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NON_LANGUAGE_MODULES = ("vision_tower", "vision_model", "multi_modal_projector", "audio_tower")
@@ -34,6 +43,14 @@ INIT_INFO = "init_info.json"
 LOSS_CURVE = "loss_curve.json"
 METRICS = "metrics.json"
 HELDOUT_SCORES = "heldout_scores.json"
+CHECKPOINT_FINGERPRINT = "medtok_fingerprint.json"
+"""Written into a checkpoint folder before training: the inputs its checkpoints were trained from."""
+FINGERPRINT_PARTS = {
+    "base_model": "the base model",
+    "initialised": "the initialised adapter and rows (initialized_model)",
+    "plan": "the training plan",
+    "training_data": "the training corpora",
+}
 
 
 class AdapterError(ValueError):
@@ -41,10 +58,11 @@ class AdapterError(ValueError):
 
 
 def check_adapter_dir(adapter_dir: Path) -> None:
-    """Require a local adapter in safetensors before peft sees the directory.
+    """Require a local, complete adapter in safetensors before peft (or a long run) sees the directory.
 
     peft falls back to ``adapter_model.bin`` (a pickle) when the safetensors file is missing, and to
-    the hub when neither exists; refusing here keeps adapters local and pickle-free.
+    the hub when neither exists; refusing here keeps adapters local and pickle-free. Only headers
+    are read, so a truncated file is named in milliseconds, not as a safetensors error deep in a run.
     """
     if not (adapter_dir / ADAPTER_CONFIG).is_file():
         raise AdapterError(f"{adapter_dir}: not an adapter directory (no {ADAPTER_CONFIG})")
@@ -56,6 +74,80 @@ def check_adapter_dir(adapter_dir: Path) -> None:
             else ""
         )
         raise AdapterError(f"{adapter_dir}: no {ADAPTER_WEIGHTS}{hint}")
+    for name in (ADAPTER_WEIGHTS, NEW_ROWS_FILE):
+        if (adapter_dir / name).exists():
+            _check_complete(adapter_dir / name)
+
+
+def _check_complete(path: Path) -> None:
+    """A safetensors file whose header parses and whose data is all there, as an :class:`AdapterError`."""
+    try:
+        check_safetensors(path)
+    except BaseModelError as exc:
+        raise AdapterError(
+            f"{str(exc).removesuffix('; re-download or re-save the model')}; "
+            "re-materialise the asset that wrote it"
+        ) from exc
+
+
+def check_new_rows(adapter_dir: Path, rows: int, width: int) -> None:
+    """The frozen new rows (if the adapter has them) must be ``rows`` new tokens × the model ``width``.
+
+    Checked from the header alone, before a base model is loaded: a file from another variant or
+    another base would otherwise be written into the wrong rows, or fail as a shape error later.
+    """
+    from safetensors import safe_open
+
+    path = adapter_dir / NEW_ROWS_FILE
+    if not path.exists():
+        return
+    _check_complete(path)
+    with safe_open(str(path), framework="pt") as handle:
+        shapes = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    if "input" not in shapes:
+        raise AdapterError(f"{path}: no 'input' tensor (has {sorted(shapes)}); re-materialise it")
+    for key in ("input", "output"):
+        if key not in shapes:
+            continue
+        shape = shapes[key]
+        if len(shape) != 2 or shape[0] != rows:
+            raise AdapterError(
+                f"{path}: '{key}' holds {shape[0] if shape else 0} rows (shape {shape}), "
+                f"but the tokenizer has {rows} new tokens; the file belongs to another tokenizer"
+            )
+        if shape[1] != width:
+            raise AdapterError(
+                f"{path}: '{key}' rows are {shape[1]} wide, but the model's embeddings are "
+                f"{width} wide; the file belongs to another base model"
+            )
+
+
+def check_adapter(adapter_dir: Path, rows: int, width: int) -> None:
+    """Everything loading ``adapter_dir`` onto a base of embedding ``width`` needs, checked first."""
+    check_adapter_dir(adapter_dir)
+    check_new_rows(adapter_dir, rows, width)
+
+
+def check_saved_adapter(adapter_dir: Path, source: Any) -> None:
+    """A saved adapter (initialised or trained) checked against its base, before any long work.
+
+    Reads headers, ``init_info.json`` and the tokenizer only; the base model's width comes from its
+    config, so a damaged or mismatched file is named before minutes of loading and scoring.
+    """
+    check_adapter_dir(adapter_dir)
+    info = read_json(adapter_dir / INIT_INFO)
+    new_rows = len(load_local_tokenizer(adapter_dir)) - int(info["base_vocab_size"])
+    check_new_rows(adapter_dir, new_rows, model_width(source))
+
+
+def model_width(source: Any) -> int:
+    """The embedding width of a base model from its config alone (no weights are read)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        source.load_from, trust_remote_code=False, local_files_only=source.is_local
+    )
+    return int(config.get_text_config().hidden_size)
 
 
 @dataclass(frozen=True)
@@ -231,13 +323,39 @@ def save_adapter(
     )
     tokenizer.save_pretrained(out_dir)
     if mode == "frozen":
-        base = model.get_base_model()
-        index = torch.tensor(list(new_ids), dtype=torch.long)
-        rows = {"input": base.get_input_embeddings().weight[index].detach().contiguous()}
-        if not embeddings_tied(base) and base.get_output_embeddings() is not None:
-            rows["output"] = base.get_output_embeddings().weight[index].detach().contiguous()
-        save_file(rows, str(out_dir / NEW_ROWS_FILE))
+        save_file(frozen_rows(model.get_base_model(), new_ids), str(out_dir / NEW_ROWS_FILE))
     return {"adapter_bytes": directory_size(out_dir)}
+
+
+def frozen_rows(model: Any, new_ids: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The new rows of a model whose embeddings stay frozen, copied to the CPU for saving.
+
+    ``input`` always; ``output`` too when the output projection is untied (its rows differ).
+    """
+    rows = {"input": _select(model.get_input_embeddings().weight, new_ids)}
+    if not embeddings_tied(model) and model.get_output_embeddings() is not None:
+        rows["output"] = _select(model.get_output_embeddings().weight, new_ids)
+    return rows
+
+
+def _select(matrix: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """Rows ``ids`` of ``matrix`` as a contiguous CPU copy (the index is made on the matrix's device)."""
+    index = torch.tensor(list(ids), dtype=torch.long, device=matrix.device)
+    return matrix.detach().index_select(0, index).cpu().contiguous()
+
+
+@torch.no_grad()
+def restore_frozen_rows(
+    model: Any, rows: Mapping[str, torch.Tensor], new_ids: Sequence[int]
+) -> None:
+    """Write saved frozen rows into the model's embeddings, on their device and in their dtype."""
+    targets = {"input": model.get_input_embeddings()}
+    if "output" in rows:
+        targets["output"] = model.get_output_embeddings()
+    for key, module in targets.items():
+        weight = module.weight
+        index = torch.tensor(list(new_ids), dtype=torch.long, device=weight.device)
+        weight.index_copy_(0, index, rows[key].to(device=weight.device, dtype=weight.dtype))
 
 
 def load_adapter(
@@ -247,22 +365,19 @@ def load_adapter(
     new_ids: Sequence[int],
     is_trainable: bool = False,
 ) -> Any:
-    """Rebuild an extended model: resize a fresh base, restore frozen rows if any, attach the adapter."""
+    """Rebuild an extended model: resize a fresh base, restore frozen rows if any, attach the adapter.
+
+    The directory is checked first (complete files, new rows of the right count and width), so a
+    damaged adapter is named before the base is resized or anything is written into it.
+    """
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    check_adapter_dir(adapter_dir)
+    check_adapter(adapter_dir, len(new_ids), base_model.get_input_embeddings().weight.shape[1])
     resize_for(base_model, new_len)
     rows_file = adapter_dir / NEW_ROWS_FILE
     if rows_file.exists():
-        rows = load_file(str(rows_file))
-        index = torch.tensor(list(new_ids), dtype=torch.long)
-        with torch.no_grad():
-            embedding = base_model.get_input_embeddings().weight
-            embedding[index] = rows["input"].to(embedding.dtype)
-            if "output" in rows:
-                output = base_model.get_output_embeddings().weight
-                output[index] = rows["output"].to(output.dtype)
+        restore_frozen_rows(base_model, load_file(str(rows_file)), new_ids)
     return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
 
 
@@ -289,6 +404,119 @@ class TrainPlan:
     grad_accum: int | None = None
     base_model_kind: str = "local"
     """How ``base_model`` was resolved: only ``hub`` lets the training process contact the hub."""
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, read in 1 MiB chunks (corpora and adapters are tens of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def directory_digest(directory: Path) -> str:
+    """sha256 over every file's name and content digest: any re-materialisation changes it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(directory)}:{file_digest(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def plan_settings(plan: TrainPlan, lora: LoraProfile) -> dict[str, Any]:
+    """The plan's settings that change the trained weights (not where files go, not save_steps)."""
+    return {
+        "profile": lora.as_dict(),
+        "max_steps": plan.max_steps,
+        "seed": plan.seed,
+        "max_seq_len": plan.max_seq_len or lora.max_seq_len,
+        "per_device_batch": plan.per_device_batch or lora.per_device_batch,
+        "grad_accum": plan.grad_accum or lora.grad_accum,
+        "source_shares": dict(plan.source_shares),
+    }
+
+
+def training_inputs(plan: TrainPlan, lora: LoraProfile, base_identity: str) -> dict[str, Any]:
+    """Everything a Phase-0 checkpoint's weights depend on, by part (see :data:`FINGERPRINT_PARTS`).
+
+    The initialised directory and the corpora are keyed by content, the base model by
+    :func:`medtok_dagster.core.base_model.identity`: a re-materialised ``initialized_model`` or a
+    changed corpus under the same paths must not resume weights trained from the old ones.
+    """
+    return {
+        "base_model": base_identity,
+        "initialised": directory_digest(Path(plan.init_dir)),
+        "plan": plan_settings(plan, lora),
+        "training_data": {
+            name: {Path(f).name: file_digest(Path(f)) for f in files}
+            for name, files in sorted(plan.train_sources.items())
+        },
+    }
+
+
+def fingerprint(inputs: dict[str, Any]) -> str:
+    """A short key of :func:`training_inputs`, shown in the trained adapter's metadata."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a run starts: the last checkpoint of the same inputs, and why others were discarded."""
+
+    checkpoint: str | None
+    discarded: str = ""
+
+    @property
+    def step(self) -> int:
+        return int(Path(self.checkpoint).name.rsplit("-", 1)[-1]) if self.checkpoint else 0
+
+
+def _stored_inputs(checkpoint_dir: Path) -> dict[str, Any] | None:
+    """The inputs a checkpoint folder was trained from; None if it has no (readable) record."""
+    try:
+        stored = json.loads((checkpoint_dir / CHECKPOINT_FINGERPRINT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
+def stale_reason(stored: dict[str, Any] | None, inputs: dict[str, Any]) -> str:
+    """Why checkpoints trained from ``stored`` must not be resumed for ``inputs`` ("" if they may)."""
+    if stored is None:
+        return "they record no inputs (written before checkpoints were keyed to them)"
+    changed = []
+    for part, label in FINGERPRINT_PARTS.items():
+        old, new = stored.get(part), inputs.get(part)
+        if old == new:
+            continue
+        if part == "plan" and isinstance(old, dict):
+            fields = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+            label += " (" + ", ".join(f"{k}: {old.get(k)} → {new.get(k)}" for k in fields) + ")"
+        changed.append(label)
+    return f"{'; '.join(changed)} changed" if changed else ""
+
+
+def prepare_checkpoints(checkpoint_dir: Path, inputs: dict[str, Any]) -> Resume:
+    """Keep only checkpoints of ``inputs``: anything trained from other inputs is deleted, never resumed.
+
+    The folder is then stamped with ``inputs`` before the first checkpoint is written, so a run
+    killed at any point leaves checkpoints that say what they were trained from.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    discarded = ""
+    if checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir()):
+        discarded = stale_reason(_stored_inputs(checkpoint_dir), inputs)
+        if discarded:
+            shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(checkpoint_dir / CHECKPOINT_FINGERPRINT, inputs)
+    return Resume(get_last_checkpoint(str(checkpoint_dir)), discarded)
+
+
+def clear_checkpoints(checkpoint_dir: Path) -> None:
+    """After the adapter is in place its checkpoints are spent: a rerun trains from the start."""
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def pack_blocks(

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from dagster_pipes import PipesContext, open_dagster_pipes
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import lm_metrics, training
@@ -139,6 +138,24 @@ print(model(**inputs).logits.shape)
 """
 
 
+def start_from(
+    pipes: PipesContext, plan: training.TrainPlan, lora: training.LoraProfile, source: Any
+) -> tuple[training.Resume, str]:
+    """The checkpoint to resume (only one trained from these very inputs) and the inputs' fingerprint."""
+    inputs = training.training_inputs(plan, lora, core_base_model.identity(source))
+    resume = training.prepare_checkpoints(Path(plan.checkpoint_dir), inputs)
+    if resume.discarded:
+        pipes.log.warning(
+            f"discarded checkpoints in {plan.checkpoint_dir}: {resume.discarded}; training from the start"
+        )
+    pipes.log.info(
+        f"resuming from {resume.checkpoint}"
+        if resume.checkpoint
+        else "starting from the initialised adapter"
+    )
+    return resume, training.fingerprint(inputs)
+
+
 def run(pipes: PipesContext) -> None:
     plan = training.TrainPlan(**pipes.get_extra("plan"))
     lora = training.profile(plan.profile)
@@ -147,6 +164,8 @@ def run(pipes: PipesContext) -> None:
     tokenizer = core_base_model.load_local_tokenizer(init_dir)
     new_ids = sorted(i for i in tokenizer.get_vocab().values() if i >= info["base_vocab_size"])
     source = core_base_model.BaseModelSource(plan.base_model, plan.base_model_kind, plan.base_model)
+    training.check_saved_adapter(init_dir, source)
+    resume, key = start_from(pipes, plan, lora, source)
     base = training.load_base(source, lora, for_training=True)
     scores = score_table(base, core_base_model.load_tokenizer(source), plan.heldout_texts, "base")
     model = training.load_adapter(base, init_dir, len(tokenizer), new_ids, is_trainable=True)
@@ -157,19 +176,18 @@ def run(pipes: PipesContext) -> None:
         model, tokenizer, plan, lora, callbacks=[PipesLogCallback(pipes, curve)]
     )
     args, dataset = trainer.args, trainer.train_dataset
-    resume = (
-        get_last_checkpoint(plan.checkpoint_dir) if Path(plan.checkpoint_dir).is_dir() else None
-    )
-    pipes.log.info(f"resuming from {resume}" if resume else "starting from the initialised adapter")
     started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=resume)
+    output = trainer.train(resume_from_checkpoint=resume.checkpoint)
     seconds = time.monotonic() - started
     scores += score_table(model, tokenizer, plan.heldout_texts, "trained")
-    steps_run = trainer.state.global_step - (int(Path(resume).name.split("-")[-1]) if resume else 0)
+    steps_run = trainer.state.global_step - resume.step
     summary: dict[str, Any] = {
         "steps": trainer.state.global_step,
         "steps_this_run": steps_run,
-        "resumed_from": resume or "",
+        "resumed_from": resume.checkpoint or "",
+        "resumed_from_step": resume.step,
+        "discarded_checkpoints": resume.discarded,
+        "fingerprint": key,
         "train_loss": round(output.training_loss, 4),
         "tokens_per_second": round(
             steps_run
@@ -216,6 +234,7 @@ def run(pipes: PipesContext) -> None:
         atomic_write_json(staging / METRICS, summary)
         atomic_write_json(staging / INIT_INFO, info)
         atomic_write_text(staging / "README.md", adapter_card(plan, info, scores, summary))
+    training.clear_checkpoints(Path(plan.checkpoint_dir))
     pipes.report_asset_materialization(
         metadata={k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
     )
