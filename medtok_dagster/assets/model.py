@@ -94,12 +94,15 @@ def build_initialized(
 ):
     """Base model resized to the variant tokenizer with new rows initialised by ``strategy``.
 
-    ``distill`` starts from ``subtoken_mean`` and writes the rows `distilled_embeddings` learned.
+    ``distill`` starts from ``subtoken_mean`` and writes the rows `distilled_embeddings` learned;
+    those rows are read and checked (intact, this tokenizer's count, this base model) before the
+    model is loaded, so damaged or foreign rows fail in seconds, not after a 27B load.
     """
     device, dtype = training.compute_settings()
     tokenizer = core_base_model.load_local_tokenizer(layout.variant_dir(paths, variant))
     base_len = base_vocab_size(paths, variant)
     source = base_model.source()
+    distilled = distilled_rows(paths, variant, source, len(tokens)) if strategy == DISTILL else None
     model = core_base_model.load_causal_lm(
         source, dtype=dtype, quantization=quantization, device_map=device if quantization else None
     )
@@ -107,20 +110,38 @@ def build_initialized(
     heuristic = "subtoken_mean" if strategy == DISTILL else strategy
     plan = embeddings.plan_init(tokens, heuristic, core_base_model.load_tokenizer(source), base_len)
     info = embeddings.apply_init(model, plan, base_len, seed=seed)
-    if strategy == DISTILL:
-        result = distill.load_rows(layout.distilled_dir(paths, variant), len(tokens))
+    if distilled is not None:
+        result, calibration_stats = distilled
+        distill.check_width(
+            layout.distilled_dir(paths, variant),
+            result,
+            model.get_input_embeddings().weight.shape[1],
+        )
         distill.apply(model, result, base_len)
         info["methods"] = {
             "distill": len(result.distilled),
             f"not distilled: {result.fallback_rule()}": len(tokens) - len(result.distilled),
         }
-        distill_info = read_json(layout.distilled_dir(paths, variant) / layout.DISTILL_INFO)
-        info["calibration"] = distill_info.get("calibration")
+        info["calibration"] = calibration_stats
     return (
         model.to(device) if not quantization else model,
         tokenizer,
         {**info, "embedding_rows": rows, "base_vocab_size": base_len},
     )
+
+
+def distilled_rows(
+    paths: PathsResource, variant: str, source: core_base_model.BaseModelSource, count: int
+) -> tuple[distill.DistillResult, dict | None]:
+    """The variant's distilled rows and their calibration figures, refused if made from another base."""
+    directory = layout.distilled_dir(paths, variant)
+    result = distill.load_rows(directory, count, core_base_model.identity(source))
+    info = read_json(directory / layout.DISTILL_INFO)
+    if not isinstance(info, dict):
+        raise distill.DistilledRowsError(
+            f"{directory / layout.DISTILL_INFO}: not a JSON object; {distill.REMATERIALIZE}"
+        )
+    return result, info.get("calibration")
 
 
 class DistillAssetConfig(dg.Config):
@@ -243,6 +264,7 @@ def distilled_embeddings(
     )
     base_len = base_vocab_size(paths, variant)
     sources = training_sources(paths)
+    identity = core_base_model.identity(base_model.source())
     started = time.monotonic()
     result = distill.distill(
         model,
@@ -254,6 +276,7 @@ def distilled_embeddings(
         settings,
         checkpoint_dir=layout.distill_checkpoints(paths, variant),
         log=context.log.info,
+        base_identity=identity,
     )
     distill_seconds = time.monotonic() - started
     fitted = calibrated(
@@ -265,6 +288,7 @@ def distilled_embeddings(
     info = {
         "variant": variant,
         "base_model": base_model.name_or_path,
+        "base_identity": identity,
         "config": settings.__dict__,
         "base_vocab_size": base_len,
         "new_tokens": len(tokens),
@@ -283,7 +307,7 @@ def distilled_embeddings(
         "calibration": fitted.stats if fitted else None,
     }
     with atomic_dir(layout.distilled_dir(paths, variant)) as staging:
-        distill.save_rows(staging, result)
+        distill.save_rows(staging, result, identity)
         if fitted is not None:
             calibration.save(staging, fitted)
         atomic_write_json(staging / layout.DISTILL_INFO, info)

@@ -79,7 +79,8 @@ class Observations:
 
     ``new_logits`` are the new tokens' logits before any soft-cap; ``base_lse`` is the
     log-normaliser over the base vocabulary and ``base_target`` the target's logit where the target
-    is a base token (``target`` is then -1; otherwise it is the new token's row).
+    is a base token (``target`` is then -1; otherwise it is the new token's row). Every tensor
+    lives on the model's device, where the fit runs in chunks of :data:`CHUNK` positions.
     """
 
     hidden: torch.Tensor
@@ -115,7 +116,9 @@ def observe(
     """Run ``model`` (resized, new rows in place) over ``blocks`` and keep every scored position.
 
     Rows ``base_len`` to ``base_len + new_count`` are the new tokens; every other row of the output
-    layer (MedGemma's padding rows too) belongs to the fixed normaliser.
+    layer (MedGemma's padding rows too) belongs to the fixed normaliser. The observations stay on
+    the model's device: the fit reads them a few dozen times, and a copy to the host and back
+    would cost more than the fit.
     """
     decoder, device = decoder_of(model), model_device(model)
     head = model.get_output_embeddings().weight
@@ -137,16 +140,15 @@ def observe(
                 padding = softcap((h @ head[end:].T).float(), cap)
             lse = torch.logsumexp(torch.cat([base_logits, padding], dim=-1), dim=-1)
             is_new = (t >= base_len) & (t < end)
-            parts["h"].append(h.cpu())
-            parts["new"].append((h @ head[base_len:end].float().T).cpu())
-            parts["lse"].append(lse.cpu())
+            parts["h"].append(h)
+            parts["new"].append(h @ head[base_len:end].float().T)
+            parts["lse"].append(lse)
             parts["base"].append(
                 base_logits.gather(-1, t.clamp(max=base_len - 1)[:, None])
                 .squeeze(-1)
                 .masked_fill(is_new, 0.0)
-                .cpu()
             )
-            parts["target"].append(torch.where(is_new, t - base_len, -1).cpu())
+            parts["target"].append(torch.where(is_new, t - base_len, -1))
     if not parts["target"]:
         raise ValueError("calibration needs at least one block of training text")
     return Observations(*(torch.cat(parts[k]) for k in parts), cap=cap)
@@ -215,7 +217,7 @@ def fit_offsets(obs: Observations, config: CalibrationConfig) -> tuple[torch.Ten
     Each token's step is its gradient over its curvature, capped at ``max_step``; a step that would
     raise the objective is halved until it does not (the diagonal ignores how tokens compete).
     """
-    offsets = torch.zeros(obs.new_logits.shape[1])
+    offsets = torch.zeros(obs.new_logits.shape[1], device=obs.new_logits.device)
     history = [_objective(obs, offsets, config.penalty)]
     for _ in range(config.iterations):
         grad, curvature = _newton_terms(obs, offsets)
@@ -243,9 +245,8 @@ def bias_direction(hidden: torch.Tensor, ridge: float = 1e-4) -> torch.Tensor:
     """
     gram = hidden.T @ hidden / len(hidden)
     scale = float(torch.trace(gram)) / gram.shape[0]
-    return torch.linalg.solve(
-        gram + ridge * scale * torch.eye(gram.shape[0]), hidden.mean(0)
-    ).float()
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    return torch.linalg.solve(gram + ridge * scale * eye, hidden.mean(0)).float()
 
 
 @dataclass
@@ -288,6 +289,7 @@ def calibrate(
     The last ``validation_share`` of the blocks is kept out of the fit. On them the folded rows are
     checked through the model itself, where a tied row's input side moves too; if they do not lower
     the loss there, the offsets are halved until they do (or dropped). The model is left unchanged.
+    Observing and fitting run on the model's device; the returned tensors are on the host.
     """
     started = time.monotonic()
     held_count = round(len(blocks) * config.validation_share) if len(blocks) > 1 else 0
@@ -300,7 +302,6 @@ def calibrate(
         .weight[base_len : base_len + new_count]
         .detach()
         .float()
-        .cpu()
         .clone()
     )
     stats: dict[str, float] = {
@@ -348,7 +349,7 @@ def calibrate(
         f"{stats.get('validation_nll_realised')} nats/token (offset scale {scale})"
     )
     rows = start + offsets[:, None] * direction[None, :]
-    return Calibration(offsets, direction, rows, stats, history)
+    return Calibration(offsets.cpu(), direction.cpu(), rows.cpu(), stats, history)
 
 
 def save(directory: Path, calibration: Calibration) -> None:

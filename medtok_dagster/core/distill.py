@@ -42,8 +42,9 @@ from typing import Any
 
 import torch
 
+from medtok_dagster.core.base_model import BaseModelError, check_safetensors
 from medtok_dagster.core.fallback_rows import FallbackFit, piece_features, predict_fallback
-from medtok_dagster.core.io import atomic_dir, read_json
+from medtok_dagster.core.io import InputError, atomic_dir, read_json
 from medtok_dagster.core.lm_metrics import bos_id, encode_plain, model_device, pad_id
 from medtok_dagster.core.text import WORD_BOUNDARY
 
@@ -284,7 +285,10 @@ class TeacherTargets:
     """What the frozen model does on the piece spelling, kept for the student to match.
 
     ``hidden[c]`` holds the teacher's final hidden state for every student position of context
-    ``c``. The output entries cover every student position from the one that predicts the first new
+    ``c``, in bfloat16 on the host: they grow with the data (windows × positions × width), so they
+    stay off the accelerator and each batch moves its own. ``gram`` is ``Σ hᵀh`` over those
+    ``count`` states (float64, on the model's device): the projector needs only this width × width
+    sum, never the states stacked together. The output entries cover every student position from the one that predicts the first new
     token on: its context and position, the teacher's log-normaliser over the base vocabulary there,
     and, where the next student token is new, that token's row and its pieces' joint log-probability
     (``next_row`` is -1 where the next token is a base token).
@@ -292,6 +296,8 @@ class TeacherTargets:
 
     hidden: list[torch.Tensor]
     scale: float
+    gram: torch.Tensor
+    count: int
     context: torch.Tensor
     position: torch.Tensor
     lse: torch.Tensor
@@ -348,14 +354,19 @@ def teacher_targets(
     cap = softcap_of(model)
     context_of, position_of, lse_of, row_of, logp_of = [], [], [], [], []
     hidden_of: dict[int, torch.Tensor] = {}
+    gram = torch.zeros(head.shape[1], head.shape[1], dtype=torch.float64, device=device)
     for indices in length_batches([len(c.teacher) for c in contexts], batch_size):
         batch = [contexts[i] for i in indices]
         ids, mask = _padded([c.teacher for c in batch], pad, device)
         with autocast(device):
             states = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        kept = [
+            states[row, context.aligned].to(torch.bfloat16) for row, context in enumerate(batch)
+        ]
+        gram += _gram(torch.cat(kept))
         normaliser, joint = _Entries(), _Entries()
         for row, (index, context) in enumerate(zip(indices, batch)):
-            hidden_of[index] = states[row, context.aligned].to(torch.bfloat16).cpu()
+            hidden_of[index] = kept[row].cpu()
             if not with_output:
                 continue
             next_new = {
@@ -382,16 +393,24 @@ def teacher_targets(
     logp = torch.zeros(len(row_of), dtype=torch.float64)
     for index, value in logp_of:
         logp[index] += value
-    scale = float(torch.cat([h.float().pow(2).sum(-1) for h in hidden]).mean())
+    count = sum(len(h) for h in hidden)
     return TeacherTargets(
         hidden,
-        scale,
+        float(torch.trace(gram)) / count,
+        gram,
+        count,
         torch.tensor(context_of),
         torch.tensor(position_of),
         torch.tensor(lse_of, dtype=torch.float32),
         torch.tensor(row_of),
         logp.float(),
     )
+
+
+def _gram(states: torch.Tensor) -> torch.Tensor:
+    """``hᵀh`` of one batch's hidden states: a float32 product (fast on any accelerator), summed in float64."""
+    states = states.float()
+    return (states.T @ states).double()
 
 
 def length_batches(
@@ -481,17 +500,18 @@ def output_preserving_projector(
 
     Those directions carry ``share`` of the hidden states' energy; a row change projected onto the
     rest barely moves any logit ``h · row``, so a tied row keeps its calibrated output while its
-    input side is learned. ``None`` when ``share`` is 0.
+    input side is learned. ``None`` when ``share`` is 0. Built from ``targets.gram`` alone, so its
+    memory is width × width whatever the number of windows.
     """
     if share <= 0:
         return None
-    hidden = torch.cat([h.float() for h in targets.hidden]).to(device)
-    eigenvalues, eigenvectors = torch.linalg.eigh(hidden.T @ hidden / len(hidden))
+    second_moment = (targets.gram / targets.count).to(device, torch.float32)
+    eigenvalues, eigenvectors = torch.linalg.eigh(second_moment)
     order = torch.argsort(eigenvalues, descending=True)
     energy = torch.cumsum(eigenvalues[order], 0) / eigenvalues.sum()
     kept = int(torch.searchsorted(energy, torch.tensor(share, device=device))) + 1
     top = eigenvectors[:, order[:kept]]
-    return torch.eye(hidden.shape[1], device=device) - top @ top.T
+    return torch.eye(second_moment.shape[0], device=device) - top @ top.T
 
 
 def input_embeds(model: Any, ids: torch.Tensor, rows: torch.Tensor, base_len: int) -> torch.Tensor:
@@ -606,13 +626,18 @@ def _load_checkpoint(
     return state
 
 
-def run_key(config: DistillConfig, new_ids: Sequence[int], corpus_digest: str) -> str:
-    """Identifies one distillation problem: settings, the new ids and the corpus it learns from."""
+def run_key(config: DistillConfig, new_ids: Sequence[int], corpus_digest: str, base: str) -> str:
+    """Identifies one distillation problem: settings, the new ids, the corpus and the base model.
+
+    Two base models of one shape (a fine-tune, another size's sibling) would otherwise resume each
+    other's checkpoints; ``base`` is :func:`medtok_dagster.core.base_model.identity`.
+    """
     payload = json.dumps(
         {
             "config": config.key(),
             "ids": [min(new_ids, default=0), max(new_ids, default=0), len(new_ids)],
             "corpus": corpus_digest,
+            "base": base,
         }
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -634,7 +659,7 @@ def mean_output_loss(
     """:func:`output_loss` over every entry, in chunks (a progress figure, no gradient)."""
     total, count = 0.0, len(targets.context)
     for start in range(0, count, chunk):
-        select = torch.arange(start, min(start + chunk, count))
+        select = torch.arange(start, min(start + chunk, count), device=targets.context.device)
         total += float(output_loss(rows, targets, select, cap)) * len(select)
     return total / max(count, 1)
 
@@ -649,11 +674,15 @@ def distill(
     config: DistillConfig,
     checkpoint_dir: Path | None = None,
     log: Callable[[str], None] = lambda _: None,
+    base_identity: str = "",
 ) -> DistillResult:
     """Learn the new rows of ``model`` (already resized, rows at a heuristic start) from ``lines``.
 
     The model's weights are frozen; only copies of the new rows are optimised, and the returned rows
     are not written into the model (see :func:`apply`). ``new_ids`` must be ``base_len`` onwards.
+    Everything is computed on the model's device; the returned rows are on the host.
+    ``base_identity`` (:func:`medtok_dagster.core.base_model.identity`) keys the checkpoint, so
+    a checkpoint of another base model is never resumed.
     """
     new_ids = sorted(new_ids)
     if new_ids != list(range(base_len, base_len + len(new_ids))):
@@ -699,7 +728,7 @@ def distill(
     before = mean_output_loss(start, targets, cap) if with_output else float("nan")
     steps_per_epoch = math.ceil(len(plan.contexts) / config.batch_size)
     total_steps = max(1, round(config.epochs * steps_per_epoch))
-    key = run_key(config, new_ids, corpus_digest(lines))
+    key = run_key(config, new_ids, corpus_digest(lines), base_identity)
     state = _load_checkpoint(checkpoint_dir, key, named, optimizer) if checkpoint_dir else None
     first_step = state["step"] if state else 0
     history: list[dict[str, float]] = state["history"] if state else []
@@ -721,7 +750,8 @@ def distill(
     for step in range(first_step, total_steps):
         epoch, offset = divmod(step, steps_per_epoch)
         indices = orders[epoch][offset]
-        select = torch.nonzero(torch.isin(targets.context, torch.tensor(indices))).squeeze(-1)
+        chosen = torch.tensor(indices, device=targets.context.device)
+        select = torch.nonzero(torch.isin(targets.context, chosen)).squeeze(-1)
         hidden_loss = input_loss(
             model, plan.contexts, indices, named["input"], targets, base_len, pad
         )
@@ -756,23 +786,21 @@ def distill(
             )
     loop_seconds = time.monotonic() - loop_started
     keep = torch.tensor([i in plan.distilled for i in new_ids], device=device)[:, None]
-    rows = {name: torch.where(keep, value.detach(), start).cpu() for name, value in named.items()}
+    rows = {name: torch.where(keep, value.detach(), start) for name, value in named.items()}
     fit = None
     if config.predict_fallback:
         rows["input"], fit = predict_fallback(
-            start.cpu(),
+            start,
             rows["input"],
             piece_features(
-                start.cpu(),
-                model.get_input_embeddings().weight.detach(),
-                [pieces[i] for i in new_ids],
+                start, model.get_input_embeddings().weight.detach(), [pieces[i] for i in new_ids]
             ),
             [i - base_len for i in sorted(plan.distilled)],
             [i - base_len for i in plan.fallback(new_ids)],
             config.seed,
         )
     after = (
-        mean_output_loss(rows.get("output", rows["input"]).to(device), targets, cap)
+        mean_output_loss(rows.get("output", rows["input"]), targets, cap)
         if with_output
         else float("nan")
     )
@@ -789,8 +817,8 @@ def distill(
         else round(float(projector.shape[0] - torch.trace(projector))),
     }
     return DistillResult(
-        rows["input"],
-        rows.get("output"),
+        rows["input"].cpu(),
+        rows["output"].cpu() if "output" in rows else None,
         sorted(plan.distilled),
         plan.fallback(new_ids),
         plan.selected,
@@ -818,8 +846,16 @@ def apply(model: Any, result: DistillResult, base_len: int) -> None:
         head[base_len : base_len + count] = result.output_rows.to(head.device, head.dtype)
 
 
-def save_rows(directory: Path, result: DistillResult) -> None:
-    """The learned rows (safetensors) and which ids they cover (JSON), into ``directory``."""
+class DistilledRowsError(ValueError):
+    """Saved distilled rows that cannot be used: the message names the file and what is wrong."""
+
+
+IDS_FIELDS = ("distilled", "fallback", "selected", "base_model")
+REMATERIALIZE = "re-materialize distilled_embeddings"
+
+
+def save_rows(directory: Path, result: DistillResult, base_identity: str) -> None:
+    """The learned rows (safetensors) and which ids they cover and which base model made them (JSON)."""
     from safetensors.torch import save_file
 
     tensors = {"input": result.input_rows.contiguous()}
@@ -833,25 +869,66 @@ def save_rows(directory: Path, result: DistillResult) -> None:
                 "fallback": result.fallback,
                 "selected": result.selected,
                 "fallback_fit": asdict(result.fallback_fit) if result.fallback_fit else None,
+                "base_model": base_identity,
             }
         )
     )
 
 
-def load_rows(directory: Path, expected_rows: int) -> DistillResult:
-    """Rows saved by :func:`save_rows`; refuses rows made for another tokenizer (a different count)."""
+def _read_ids(path: Path) -> dict[str, Any]:
+    """``distilled_ids.json``, with every field :func:`load_rows` needs."""
+    if not path.is_file():
+        raise DistilledRowsError(f"{path}: missing; {REMATERIALIZE}")
+    try:
+        ids = read_json(path)
+    except InputError as exc:
+        raise DistilledRowsError(f"{exc}; {REMATERIALIZE}") from exc
+    missing = [name for name in IDS_FIELDS if not isinstance(ids, dict) or name not in ids]
+    if missing:
+        raise DistilledRowsError(f"{path}: no {', '.join(missing)}; {REMATERIALIZE}")
+    return ids
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The rows file's tensors, after checking it holds every byte its header promises."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if not (directory / ROWS_FILE).exists():
+    try:
+        check_safetensors(path)
+        tensors = load_file(str(path))
+    except (BaseModelError, SafetensorError) as exc:
+        reason = str(exc).split("; re-")[0].removeprefix(f"{path}: ")
+        raise DistilledRowsError(f"{path}: {reason}; {REMATERIALIZE}") from exc
+    if "input" not in tensors or tensors["input"].dim() != 2:
+        raise DistilledRowsError(f'{path}: no 2-D tensor "input"; {REMATERIALIZE}')
+    return tensors
+
+
+def load_rows(directory: Path, expected_rows: int, base_identity: str) -> DistillResult:
+    """Rows saved by :func:`save_rows`, checked before any model is loaded.
+
+    Refuses a missing or damaged file, rows made for another tokenizer (a different count) and
+    rows distilled from another base model (one of the same shape would otherwise load silently);
+    :func:`check_width` checks them against the model once it is loaded.
+    """
+    rows_path = directory / ROWS_FILE
+    if not rows_path.exists():
         raise FileNotFoundError(
-            f"{directory / ROWS_FILE}: no distilled rows; materialize distilled_embeddings for this variant first"
+            f"{rows_path}: no distilled rows; materialize distilled_embeddings for this variant first"
         )
-    tensors = load_file(str(directory / ROWS_FILE))
-    if tensors["input"].shape[0] != expected_rows:
-        raise ValueError(
-            f"{directory / ROWS_FILE}: {tensors['input'].shape[0]} rows, but the tokenizer has {expected_rows} new tokens; re-materialize distilled_embeddings"
+    ids = _read_ids(directory / IDS_FILE)
+    if ids["base_model"] != base_identity:
+        raise DistilledRowsError(
+            f"{directory / IDS_FILE}: rows distilled from base model {ids['base_model']!r}, but the "
+            f"base model is {base_identity!r}; {REMATERIALIZE}"
         )
-    ids = read_json(directory / IDS_FILE)
+    tensors = _read_tensors(rows_path)
+    for name, tensor in tensors.items():
+        if tensor.shape[0] != expected_rows:
+            raise DistilledRowsError(
+                f"{rows_path}: {tensor.shape[0]} {name} rows, but the tokenizer has {expected_rows} new tokens; {REMATERIALIZE}"
+            )
     fit = ids.get("fallback_fit")
     return DistillResult(
         tensors["input"],
@@ -864,3 +941,12 @@ def load_rows(directory: Path, expected_rows: int) -> DistillResult:
         0,
         fallback_fit=FallbackFit(**fit) if fit else None,
     )
+
+
+def check_width(directory: Path, result: DistillResult, width: int) -> None:
+    """Refuse loaded rows whose width is not the model's hidden size."""
+    for rows in (result.input_rows, result.output_rows):
+        if rows is not None and rows.shape[1] != width:
+            raise DistilledRowsError(
+                f"{directory / ROWS_FILE}: rows {rows.shape[1]} wide, but the model's embeddings are {width} wide; {REMATERIALIZE}"
+            )

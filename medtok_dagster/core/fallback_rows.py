@@ -54,17 +54,26 @@ def piece_features(
     """Per new token: its starting row, its first and last piece's rows, and a constant.
 
     The first piece carries what the word begins with (often its stem), the last its ending (a
-    particle or suffix), which decides most of how the following token is read.
+    particle or suffix), which decides most of how the following token is read. The features are
+    built on ``embedding``'s device (the model's), so a model on a GPU never meets a host tensor.
     """
-    width = embedding.shape[1]
-    first = torch.stack([embedding[p[0]].float() if p else torch.zeros(width) for p in pieces])
-    last = torch.stack([embedding[p[-1]].float() if p else torch.zeros(width) for p in pieces])
-    return torch.cat([start.float(), first, last, torch.ones(len(pieces), 1)], dim=1)
+    device = embedding.device
+    first = _piece_rows(embedding, [p[0] if p else -1 for p in pieces])
+    last = _piece_rows(embedding, [p[-1] if p else -1 for p in pieces])
+    constant = torch.ones(len(pieces), 1, device=device)
+    return torch.cat([start.to(device).float(), first, last, constant], dim=1)
+
+
+def _piece_rows(embedding: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """``embedding[id]`` as float32 per id, zeros where the id is -1 (a token without pieces)."""
+    index = torch.tensor(ids, dtype=torch.long, device=embedding.device)
+    rows = embedding[index.clamp(min=0)].float()
+    return rows.masked_fill((index < 0)[:, None], 0.0)
 
 
 def _ridge(features: torch.Tensor, targets: torch.Tensor, strength: float) -> torch.Tensor:
     gram = features.T.double() @ features.double()
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     return torch.linalg.solve(gram + strength * eye, features.T.double() @ targets.double()).float()
 
 
@@ -82,7 +91,8 @@ def predict_fallback(
 ) -> tuple[torch.Tensor, FallbackFit | None]:
     """``learned`` with its ``fallback`` rows replaced by ``start`` + the predicted change.
 
-    Indices are row positions. Returns the rows and how the map was fitted, or ``learned``
+    Indices are row positions; the fit runs on ``features``' device, where ``start`` and
+    ``learned`` must live too. Returns the rows and how the map was fitted, or ``learned``
     unchanged and ``None`` when fewer than :data:`MIN_FITTED` rows were distilled or no ridge
     strength explains at least :data:`MIN_R2` of the held-out rows' changes.
     """
@@ -92,7 +102,9 @@ def predict_fallback(
     order = list(distilled)
     random.Random(seed).shuffle(order)
     held = max(1, int(len(order) * VALIDATION_SHARE))
-    check, fit = torch.tensor(order[:held]), torch.tensor(order[held:])
+    device = features.device
+    check = torch.tensor(order[:held], device=device)
+    fit = torch.tensor(order[held:], device=device)
     scores = {
         strength: _r2(features[check] @ _ridge(features[fit], change[fit], strength), change[check])
         for strength in RIDGE_GRID
@@ -100,9 +112,9 @@ def predict_fallback(
     strength = max(scores, key=scores.__getitem__)
     if scores[strength] < MIN_R2:
         return learned, None
-    everything = torch.tensor(list(distilled))
+    everything = torch.tensor(list(distilled), device=device)
     weights = _ridge(features[everything], change[everything], strength)
     rows = learned.clone()
-    targets = torch.tensor(list(fallback))
+    targets = torch.tensor(list(fallback), device=device)
     rows[targets] = start[targets] + (features[targets] @ weights).to(rows.dtype)
     return rows, FallbackFit(strength, round(scores[strength], 4), len(distilled), len(fallback))

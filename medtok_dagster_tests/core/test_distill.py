@@ -262,11 +262,11 @@ def test_rows_saved_and_loaded_round_trip_and_refuse_another_tokenizer(
         base_len,
         D.DistillConfig(epochs=1, batch_size=8, contexts_per_token=2),
     )
-    D.save_rows(tmp_path, result)
-    loaded = D.load_rows(tmp_path, len(new_ids))
+    D.save_rows(tmp_path, result, "local:base")
+    loaded = D.load_rows(tmp_path, len(new_ids), "local:base")
     assert torch.equal(loaded.input_rows, result.input_rows) and loaded.fallback == result.fallback
     with pytest.raises(ValueError, match="new tokens"):
-        D.load_rows(tmp_path, len(new_ids) + 1)
+        D.load_rows(tmp_path, len(new_ids) + 1, "local:base")
 
 
 def _run_in_child(tiny_gemma_dir, gemma_dir, checkpoint_dir, config):
