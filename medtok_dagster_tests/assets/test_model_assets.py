@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medtok_dagster import layout, partitions, readers
 from medtok_dagster.assets import evaluation, model, training
+from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import calibration, distill, lm_metrics
 from medtok_dagster.core import training as core_training
 from medtok_dagster.core.corpus import write_lines_parquet
@@ -178,7 +179,8 @@ def test_distilled_rows_flow_into_the_initialised_model_and_say_what_fell_back(
     assert meta["distilled_tokens"].value == 4 and meta["fallback_tokens"].value == 1
     assert "1 rows not distilled: subtoken_mean" == meta["fallback"].value
     distilled_dir = layout.distilled_dir(resources["paths"], "ded_medical")
-    rows = distill.load_rows(distilled_dir, len(NEW))
+    identity = core_base_model.identity(resources["base_model"].source())
+    rows = distill.load_rows(distilled_dir, len(NEW), identity)
     assert rows.fallback == [int(table["id"].iloc[-1])], (
         "▁췌장염 never occurs in the training lines"
     )
@@ -217,6 +219,21 @@ def test_distilled_rows_flow_into_the_initialised_model_and_say_what_fell_back(
     assert torch.equal(
         extended.get_input_embeddings().weight[base_len : base_len + 5], rows.input_rows
     )
+    ids_file = distilled_dir / distill.IDS_FILE
+    saved = json.loads(ids_file.read_text())
+    ids_file.write_text(json.dumps({**saved, "base_model": "local:another-base"}))
+    with pytest.raises(distill.DistilledRowsError) as refused:
+        model.build_initialized(
+            resources["base_model"],
+            resources["paths"],
+            "ded_medical",
+            model.new_tokens(resources["paths"], "ded_medical", table),
+            "distill",
+            None,
+        )
+    message = str(refused.value)
+    assert str(ids_file) in message and "local:another-base" in message and identity in message
+    assert "re-materialize distilled_embeddings" in message
 
 
 def test_no_test_split_text_reaches_distillation(graph, tiny_gemma_dir, data_dir, monkeypatch):

@@ -335,3 +335,90 @@ def test_a_killed_distillation_resumes_from_its_checkpoint(
     )
     torch.testing.assert_close(resumed.input_rows, fresh.input_rows, rtol=1e-4, atol=1e-5)
     assert [h["step"] for h in resumed.history] == list(range(1, resumed.steps + 1))
+
+
+def test_a_checkpoint_of_another_base_model_is_not_resumed(
+    setup, gemma_tokenizer, tiny_gemma_dir, tmp_path
+):
+    tokenizer, new_ids, base_len = setup
+    config = D.DistillConfig(epochs=1, batch_size=8, contexts_per_token=2, checkpoint_every=1)
+
+    def run(base):
+        return D.distill(
+            initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+            tokenizer,
+            gemma_tokenizer,
+            LINES,
+            new_ids,
+            base_len,
+            config,
+            checkpoint_dir=tmp_path,
+            base_identity=base,
+        )
+
+    first = run("local:a")
+    assert first.resumed_from == 0 and first.steps > 0
+    assert run("local:a").resumed_from == first.steps, "the same base resumes its checkpoint"
+    assert run("local:b").resumed_from == 0, "another base starts afresh"
+
+
+def saved_rows(directory, rows: int = 5, width: int = 64) -> D.DistillResult:
+    result = D.DistillResult(torch.randn(rows, width), None, [0, 1], [2, 3, 4], [0, 1], 0, 0, 0)
+    D.save_rows(directory, result, "local:a")
+    return result
+
+
+def test_rows_of_another_base_model_are_refused_naming_the_file_and_both_bases(tmp_path):
+    saved_rows(tmp_path)
+    assert D.load_rows(tmp_path, 5, "local:a").input_rows.shape == (5, 64)
+    with pytest.raises(D.DistilledRowsError) as refused:
+        D.load_rows(tmp_path, 5, "local:b")
+    message = str(refused.value)
+    assert str(tmp_path / D.IDS_FILE) in message and "'local:a'" in message
+    assert "'local:b'" in message and "re-materialize distilled_embeddings" in message
+
+
+def test_damaged_rows_are_refused_naming_the_file_and_what_is_wrong(tmp_path):
+    from safetensors.torch import save_file
+
+    result = saved_rows(tmp_path)
+    rows_file, ids_file = tmp_path / D.ROWS_FILE, tmp_path / D.IDS_FILE
+    with pytest.raises(
+        D.DistilledRowsError, match="rows 64 wide, but the model's embeddings are 32"
+    ):
+        D.check_width(tmp_path, result, 32)
+    intact = rows_file.read_bytes()
+    rows_file.write_bytes(intact[: len(intact) - 100])
+    with pytest.raises(D.DistilledRowsError, match=f"{rows_file}: truncated"):
+        D.load_rows(tmp_path, 5, "local:a")
+    save_file({"output": torch.zeros(5, 64)}, str(rows_file))
+    with pytest.raises(D.DistilledRowsError, match=f'{rows_file}: no 2-D tensor "input"'):
+        D.load_rows(tmp_path, 5, "local:a")
+    rows_file.write_bytes(intact)
+    ids_file.write_text('{"distilled": [0, 1], ')
+    with pytest.raises(D.DistilledRowsError, match=f"{ids_file}:1: malformed JSON"):
+        D.load_rows(tmp_path, 5, "local:a")
+    ids_file.write_text('{"distilled": [0, 1]}')
+    with pytest.raises(
+        D.DistilledRowsError, match=f"{ids_file}: no fallback, selected, base_model"
+    ):
+        D.load_rows(tmp_path, 5, "local:a")
+    ids_file.unlink()
+    with pytest.raises(D.DistilledRowsError, match=f"{ids_file}: missing"):
+        D.load_rows(tmp_path, 5, "local:a")
+
+
+def test_the_projector_from_the_gram_is_the_one_from_the_stacked_states(
+    setup, gemma_tokenizer, tiny_gemma_dir
+):
+    """Accumulating ``hᵀh`` per batch changes only rounding, not which directions are frozen."""
+    tokenizer, new_ids, base_len = setup
+    model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    _, targets = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
+    hidden = torch.cat([h.float() for h in targets.hidden])
+    torch.testing.assert_close(
+        targets.gram.float() / targets.count, hidden.T @ hidden / len(hidden)
+    )
+    assert targets.scale == pytest.approx(float(hidden.pow(2).sum(-1).mean()), rel=1e-5)
+    projector = D.output_preserving_projector(targets, 0.9, torch.device("cpu"))
+    assert projector.shape == (64, 64) and 0 < float(64 - torch.trace(projector)) < 64
