@@ -10,7 +10,7 @@ PORT ?= 3000
 MEDTOK_MODEL_DIR ?= model
 export MEDTOK_MODEL_DIR
 
-.PHONY: install browser instance demo test ui clean-outputs
+.PHONY: install browser instance demo test ui clean-outputs gpu-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,9 @@ ui: install instance
 
 clean-outputs:
 	rm -rf $(MEDTOK_MODEL_DIR)/tokenizer $(MEDTOK_MODEL_DIR)/raw_lora_added $(MEDTOK_MODEL_DIR)/trained $(MEDTOK_MODEL_DIR)/corpora $(MEDTOK_MODEL_DIR)/vocab $(MEDTOK_MODEL_DIR)/medtok.duckdb
+
+# On a GPU machine: the MedGemma 4B-shaped at-size path and the embedded demo graph at the GPU
+# defaults, one JSON object (docs/at_size.md). Offline; needs no install step (the repository is put
+# on sys.path), so it runs from carried files with the venv's python, or python3 where there is none.
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bench/gpu_check.py $(GPU_CHECK_ARGS)
