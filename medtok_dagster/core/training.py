@@ -441,9 +441,10 @@ def training_inputs(plan: TrainPlan, lora: LoraProfile, base_identity: str) -> d
 
     The initialised directory and the corpora are keyed by content, the base model by
     :func:`medtok_dagster.core.base_model.identity`: a re-materialised ``initialized_model`` or a
-    changed corpus under the same paths must not resume weights trained from the old ones.
+    changed corpus under the same paths must not resume weights trained from the old ones. The
+    result is in its JSON form (tuples as lists), as it is compared with the stored record.
     """
-    return {
+    inputs = {
         "base_model": base_identity,
         "initialised": directory_digest(Path(plan.init_dir)),
         "plan": plan_settings(plan, lora),
@@ -452,6 +453,7 @@ def training_inputs(plan: TrainPlan, lora: LoraProfile, base_identity: str) -> d
             for name, files in sorted(plan.train_sources.items())
         },
     }
+    return json.loads(json.dumps(inputs))
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:

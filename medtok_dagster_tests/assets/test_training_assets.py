@@ -27,10 +27,8 @@ LINES = [
 ] * 40
 
 
-@pytest.fixture
-def prepared(data_dir, model_dir, tiny_gemma_dir, gemma_tokenizer):
-    """An initialised adapter and a medical corpus on disk, as upstream assets would leave them."""
-    shutil.rmtree(data_dir / "01_raw" / "00_korean")
+def write_initialised(model_dir, tiny_gemma_dir, gemma_tokenizer, strategy: str) -> None:
+    """The initialised adapter as `initialized_model` leaves it, rows initialised by ``strategy``."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_gemma_dir)
     tokenizer.add_tokens(["▁당뇨병", "▁환자의", "▁혈당", "▁심근경색"])
     base_len = len(gemma_tokenizer)
@@ -38,9 +36,10 @@ def prepared(data_dir, model_dir, tiny_gemma_dir, gemma_tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
     E.resize_for(model, len(tokenizer))
     tokens = [E.NewToken(tokenizer.convert_ids_to_tokens(i), i, "ngram") for i in new_ids]
-    E.apply_init(model, E.plan_init(tokens, "subtoken_mean", gemma_tokenizer, base_len), base_len)
+    E.apply_init(model, E.plan_init(tokens, strategy, gemma_tokenizer, base_len), base_len)
     peft_model = T.attach_lora(model, T.profile("embedded"), new_ids, "trainable_tokens")
     init_dir = model_dir / "raw_lora_added" / "embedded" / "ded_medical"
+    shutil.rmtree(init_dir, ignore_errors=True)
     init_dir.mkdir(parents=True)
     T.save_adapter(peft_model, tokenizer, init_dir, new_ids, "trainable_tokens")
     atomic_write_json(
@@ -49,17 +48,24 @@ def prepared(data_dir, model_dir, tiny_gemma_dir, gemma_tokenizer):
             "variant": "ded_medical",
             "profile": T.profile("embedded").as_dict(),
             "base_model": str(tiny_gemma_dir),
-            "strategy": "subtoken_mean",
+            "strategy": strategy,
             "embedding_mode": "trainable_tokens",
             "new_tokens": len(new_ids),
             "base_vocab_size": base_len,
         },
     )
+
+
+@pytest.fixture
+def prepared(data_dir, model_dir, tiny_gemma_dir, gemma_tokenizer):
+    """An initialised adapter and a medical corpus on disk, as upstream assets would leave them."""
+    shutil.rmtree(data_dir / "01_raw" / "00_korean")
+    write_initialised(model_dir, tiny_gemma_dir, gemma_tokenizer, "subtoken_mean")
     write_lines_parquet(LINES, model_dir / "corpora" / "medical_corpus.parquet")
     return build_resources(str(data_dir), str(model_dir), str(tiny_gemma_dir)), model_dir
 
 
-def run(resources, steps, raise_on_error=True):
+def run(resources, steps, raise_on_error=True, seed=0):
     config = {
         "ops": {
             "trained_adapter": {
@@ -71,6 +77,7 @@ def run(resources, steps, raise_on_error=True):
                     "max_seq_len": 32,
                     "medical_share": 1.0,
                     "heldout_texts": 8,
+                    "seed": seed,
                 }
             }
         }
@@ -113,9 +120,8 @@ def test_pipes_reports_metrics_and_writes_a_small_adapter(prepared):
     assert len(json.loads((out / "loss_curve.json").read_text())) == 4
 
 
-def test_killed_training_resumes_from_last_checkpoint(prepared):
-    resources, model_dir = prepared
-    checkpoints = model_dir / "checkpoints" / "embedded" / "ded_medical"
+def killed_run(resources, checkpoints, steps=40):
+    """A run killed (SIGKILL) as soon as its first checkpoint is on disk."""
     killer_done = threading.Event()
 
     def kill_after_first_checkpoint():
@@ -130,11 +136,42 @@ def test_killed_training_resumes_from_last_checkpoint(prepared):
 
     killer = threading.Thread(target=kill_after_first_checkpoint)
     killer.start()
-    first = run(resources, steps=40, raise_on_error=False)
+    result = run(resources, steps=steps, raise_on_error=False)
     killer.join()
-    assert killer_done.is_set() and not first.success
+    assert killer_done.is_set() and not result.success
+
+
+def test_killed_training_resumes_from_last_checkpoint(prepared):
+    resources, model_dir = prepared
+    checkpoints = model_dir / "checkpoints" / "embedded" / "ded_medical"
+    killed_run(resources, checkpoints)
     assert not (model_dir / "trained" / "embedded" / "ded_medical").exists()
     second = run(resources, steps=40)
     meta = second.asset_materializations_for_node("trained_adapter")[0].metadata
-    assert meta["resumed_from"].value.startswith(str(checkpoints))
+    assert meta["resumed_from"].value.startswith(str(checkpoints)), meta["discarded_checkpoints"]
     assert meta["steps"].value == 40 and meta["steps_this_run"].value < 40
+    assert meta["discarded_checkpoints"].value == ""
+    assert not checkpoints.exists(), "a finished run leaves no checkpoint to resume"
+
+
+def test_reinitialised_adapter_is_trained_from_the_start(prepared, tiny_gemma_dir, gemma_tokenizer):
+    """initialized_model re-materialised with another strategy: no old LoRA weights are resumed."""
+    resources, model_dir = prepared
+    first = run(resources, steps=4)
+    write_initialised(model_dir, tiny_gemma_dir, gemma_tokenizer, "mean")
+    second = run(resources, steps=4)
+    before, after = (
+        r.asset_materializations_for_node("trained_adapter")[0].metadata for r in (first, second)
+    )
+    assert after["steps_this_run"].value == 4 and after["resumed_from"].value == ""
+    assert after["fingerprint"].value != before["fingerprint"].value
+
+
+def test_checkpoint_of_another_plan_is_discarded_not_resumed(prepared):
+    resources, model_dir = prepared
+    checkpoints = model_dir / "checkpoints" / "embedded" / "ded_medical"
+    killed_run(resources, checkpoints)
+    second = run(resources, steps=40, seed=1)
+    meta = second.asset_materializations_for_node("trained_adapter")[0].metadata
+    assert meta["resumed_from"].value == "" and meta["steps_this_run"].value == 40
+    assert "seed: 0 → 1" in meta["discarded_checkpoints"].value
