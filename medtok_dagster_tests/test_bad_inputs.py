@@ -566,3 +566,80 @@ def test_unreachable_hub_id_offline_fails_before_any_work(data_dir, model_dir, m
         and "HF_HUB_OFFLINE=1 is set" in str(error)
         and "huggingface-cli download" in str(error)
     )
+
+
+# --- model artifacts between stages: damaged adapter files, damaged merged directory -------------
+
+
+def _frozen_adapter(adapter_dir: Path, tiny_gemma_dir: Path) -> None:
+    """A trained adapter as `trained_adapter` leaves it for a frozen-embedding profile."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medtok_dagster.core import embeddings, training
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma_dir)
+    base_len = len(tokenizer)
+    tokenizer.add_tokens(["▁당뇨병", "▁혈당"])
+    new_ids = list(range(base_len, len(tokenizer)))
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
+    embeddings.resize_for(model, len(tokenizer))
+    peft_model = training.attach_lora(model, training.profile("embedded"), new_ids, "frozen")
+    adapter_dir.mkdir(parents=True)
+    training.save_adapter(peft_model, tokenizer, adapter_dir, new_ids, "frozen")
+    atomic_write_json(
+        adapter_dir / training.INIT_INFO,
+        {"base_vocab_size": base_len, "embedding_mode": "frozen", "new_tokens": len(new_ids)},
+    )
+
+
+def _truncate(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+def _rewrite_rows(path: Path, change: Callable) -> None:
+    from safetensors.torch import load_file, save_file
+
+    save_file(change(load_file(str(path))), str(path))
+
+
+ADAPTER_FAULTS = {
+    "rows truncated": ("new_embeddings.safetensors", _truncate, "truncated"),
+    "rows without input": (
+        "new_embeddings.safetensors",
+        lambda p: _rewrite_rows(p, lambda rows: {"other": rows["input"]}),
+        "no 'input' tensor",
+    ),
+    "rows of another tokenizer": (
+        "new_embeddings.safetensors",
+        lambda p: _rewrite_rows(p, lambda rows: {"input": rows["input"][:1].contiguous()}),
+        "but the tokenizer has 2 new tokens",
+    ),
+    "rows of another width": (
+        "new_embeddings.safetensors",
+        lambda p: _rewrite_rows(p, lambda rows: {"input": rows["input"][:, :32].contiguous()}),
+        "32 wide, but the model's embeddings are 64 wide",
+    ),
+    "adapter weights truncated": ("adapter_model.safetensors", _truncate, "truncated"),
+}
+
+
+@pytest.mark.parametrize("fault", list(ADAPTER_FAULTS))
+def test_damaged_trained_adapter_is_refused_before_merging_naming_the_file(
+    data_dir, model_dir, tiny_gemma_dir, fault
+):
+    from medtok_dagster.assets.training import merged_model
+
+    name, damage, message = ADAPTER_FAULTS[fault]
+    resources = build_resources(str(data_dir), str(model_dir), str(tiny_gemma_dir))
+    adapter_dir = layout.trained_dir(resources["paths"], "embedded", "ded_medical")
+    _frozen_adapter(adapter_dir, tiny_gemma_dir)
+    damage(adapter_dir / name)
+    error = assert_failed_cleanly(
+        lambda: dg.materialize([merged_model], partition_key=MODEL_PARTITION, resources=resources),
+        data_dir,
+        model_dir,
+        "merged_model",
+    )
+    assert str(adapter_dir / name) in str(error) and message in str(error), str(error)
+    assert not layout.merged_dir(resources["paths"], "embedded", "ded_medical").exists()
