@@ -643,3 +643,64 @@ def test_damaged_trained_adapter_is_refused_before_merging_naming_the_file(
     )
     assert str(adapter_dir / name) in str(error) and message in str(error), str(error)
     assert not layout.merged_dir(resources["paths"], "embedded", "ded_medical").exists()
+
+
+def test_damaged_initialised_adapter_is_refused_before_training_naming_the_file(
+    data_dir, model_dir, tiny_gemma_dir
+):
+    from medtok_dagster.assets.training import trained_adapter
+
+    resources = build_resources(str(data_dir), str(model_dir), str(tiny_gemma_dir))
+    init_dir = layout.initialised_dir(resources["paths"], "embedded", "ded_medical")
+    _frozen_adapter(init_dir, tiny_gemma_dir)
+    _truncate(init_dir / "new_embeddings.safetensors")
+    error = assert_failed_cleanly(
+        lambda: dg.materialize(
+            [trained_adapter], partition_key=MODEL_PARTITION, resources=resources
+        ),
+        data_dir,
+        model_dir,
+        "trained_adapter",
+    )
+    assert str(init_dir / "new_embeddings.safetensors") in str(error), str(error)
+    assert "truncated" in str(error)
+    assert not layout.trained_dir(resources["paths"], "embedded", "ded_medical").exists()
+
+
+MERGED_FAULTS = {
+    "weights truncated": ("model.safetensors", _truncate, "truncated safetensors file"),
+    "config missing": ("config.json", Path.unlink, "config.json"),
+}
+
+
+@pytest.mark.parametrize("fault", list(MERGED_FAULTS))
+def test_damaged_merged_model_is_refused_before_any_scoring_naming_the_file(
+    data_dir, model_dir, tiny_gemma_dir, fault, monkeypatch
+):
+    import shutil
+
+    from medtok_dagster.assets.evaluation import model_evaluation
+    from medtok_dagster.core import evaluation
+
+    def scored(*args, **kwargs):
+        raise AssertionError("a stage was scored before the merged model was checked")
+
+    monkeypatch.setattr(evaluation, "evaluate_stage", scored)
+
+    name, damage, message = MERGED_FAULTS[fault]
+    resources = build_resources(str(data_dir), str(model_dir), str(tiny_gemma_dir))
+    paths = resources["paths"]
+    _frozen_adapter(layout.initialised_dir(paths, "embedded", "ded_medical"), tiny_gemma_dir)
+    merged = layout.merged_dir(paths, "embedded", "ded_medical")
+    shutil.copytree(tiny_gemma_dir, merged)
+    damage(merged / name)
+    error = assert_failed_cleanly(
+        lambda: dg.materialize(
+            [model_evaluation], partition_key=MODEL_PARTITION, resources=resources
+        ),
+        data_dir,
+        model_dir,
+        "model_evaluation",
+    )
+    assert str(merged) in str(error) and message in str(error), str(error)
+    assert "scored before" not in str(error)
