@@ -49,7 +49,7 @@ clean-outputs:
 	rm -rf $(MEDTOK_MODEL_DIR)/tokenizer $(MEDTOK_MODEL_DIR)/raw_lora_added $(MEDTOK_MODEL_DIR)/trained $(MEDTOK_MODEL_DIR)/corpora $(MEDTOK_MODEL_DIR)/vocab $(MEDTOK_MODEL_DIR)/medtok.duckdb
 
 # On a GPU machine: the MedGemma 4B-shaped at-size path and the embedded demo graph at the GPU
-# defaults, one JSON object (docs/at_size.md). Offline; needs no install step (the repository is put
-# on sys.path), so it runs from carried files with the venv's python, or python3 where there is none.
+# defaults, one JSON object (docs/at_size.md). Offline, and no install step: the repository is put on
+# sys.path, so copied files run wherever the dependencies import (the venv's python, else python3).
 gpu-check:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bench/gpu_check.py $(GPU_CHECK_ARGS)
