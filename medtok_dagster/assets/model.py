@@ -169,6 +169,9 @@ class DistillAssetConfig(dg.Config):
     are (the rows their windows teach in passing help); both measured, README."""
     predict_fallback: bool = True
     """Rows not distilled get subtoken_mean + the change a ridge map predicts from their pieces (measured better, README)."""
+    teacher_cache_mb: int = distill.TEACHER_CACHE_MB
+    """Host memory (MB) the teacher's hidden states may take; beyond it each batch recomputes them
+    (about 1.5× the time per step, same rows; docs/memory.md)."""
     calibration_positions: int | None = None
     """Training positions observed to fit one logit offset per new token, folded into its row
     (0 = off; unset = 40,000 without a GPU, 200,000 with one; more measured better, README)."""

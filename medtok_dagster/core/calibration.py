@@ -38,7 +38,7 @@ OFFSETS_FILE = "logit_offsets.safetensors"
 SCALES = (1.0, 0.5, 0.25)
 """Shares of the fitted offsets tried, largest first, until the model's own held-out loss falls."""
 CHUNK = 4096
-"""Positions per step of the fitting loops: bounds the ``positions × new tokens`` temporaries."""
+"""Positions per step of the fitting loops: bounds the ``positions × new tokens`` logits and temporaries."""
 OBSERVE_CHUNK = 1024
 """Positions per output-layer product while observing: bounds the ``positions × vocabulary`` logits (1 GB)."""
 
@@ -77,14 +77,16 @@ class CalibrationConfig:
 class Observations:
     """What the frozen model does at each scored position, reduced to what the offsets change.
 
-    ``new_logits`` are the new tokens' logits before any soft-cap; ``base_lse`` is the
+    ``hidden`` is the final hidden state at each position and ``rows`` a float32 copy of the new
+    tokens' output rows: the new tokens' logits are recomputed from them per chunk
+    (:meth:`new_logits`), since kept they would grow as positions × new tokens. ``base_lse`` is the
     log-normaliser over the base vocabulary and ``base_target`` the target's logit where the target
     is a base token (``target`` is then -1; otherwise it is the new token's row). Every tensor
     lives on the model's device, where the fit runs in chunks of :data:`CHUNK` positions.
     """
 
     hidden: torch.Tensor
-    new_logits: torch.Tensor
+    rows: torch.Tensor
     base_lse: torch.Tensor
     base_target: torch.Tensor
     target: torch.Tensor
@@ -94,14 +96,19 @@ class Observations:
         return len(self.target)
 
     def part(self, select: slice) -> Observations:
+        """The positions ``select`` (the rows are shared)."""
         return Observations(
             self.hidden[select],
-            self.new_logits[select],
+            self.rows,
             self.base_lse[select],
             self.base_target[select],
             self.target[select],
             self.cap,
         )
+
+    def new_logits(self) -> torch.Tensor:
+        """The new tokens' logits before any soft-cap (positions × new tokens, float32): call on a chunk."""
+        return self.hidden @ self.rows.T
 
 
 @torch.no_grad()
@@ -124,7 +131,7 @@ def observe(
     head = model.get_output_embeddings().weight
     end = base_len + new_count
     cap = softcap_of(model)
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("h", "new", "lse", "base", "target")}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("h", "lse", "base", "target")}
     for start in range(0, len(blocks), batch_size):
         ids = torch.tensor([list(b) for b in blocks[start : start + batch_size]], device=device)
         with autocast(device):
@@ -141,7 +148,6 @@ def observe(
             lse = torch.logsumexp(torch.cat([base_logits, padding], dim=-1), dim=-1)
             is_new = (t >= base_len) & (t < end)
             parts["h"].append(h)
-            parts["new"].append(h @ head[base_len:end].float().T)
             parts["lse"].append(lse)
             parts["base"].append(
                 base_logits.gather(-1, t.clamp(max=base_len - 1)[:, None])
@@ -151,16 +157,25 @@ def observe(
             parts["target"].append(torch.where(is_new, t - base_len, -1))
     if not parts["target"]:
         raise ValueError("calibration needs at least one block of training text")
-    return Observations(*(torch.cat(parts[k]) for k in parts), cap=cap)
+    return Observations(
+        torch.cat(parts["h"]),
+        head[base_len:end].detach().float().clone(),
+        torch.cat(parts["lse"]),
+        torch.cat(parts["base"]),
+        torch.cat(parts["target"]),
+        cap,
+    )
 
 
 def _chunks(count: int) -> list[slice]:
     return [slice(i, min(i + CHUNK, count)) for i in range(0, count, CHUNK)]
 
 
-def _losses(obs: Observations, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position loss (nats) with the new logits moved by ``shift``, and the new tokens' log-probs."""
-    z = softcap(obs.new_logits + shift, obs.cap)
+def _losses(
+    obs: Observations, new_logits: torch.Tensor, shift: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position loss (nats) with ``new_logits`` (of ``obs``) moved by ``shift``, and the new tokens' log-probs."""
+    z = softcap(new_logits + shift, obs.cap)
     total = torch.logaddexp(obs.base_lse, torch.logsumexp(z, dim=-1))
     is_new = obs.target >= 0
     target_logit = torch.where(
@@ -173,7 +188,7 @@ def mean_nll(obs: Observations, offsets: torch.Tensor) -> float:
     """Mean next-token loss (nats) at the observed positions with the offsets added to the new logits."""
     total = 0.0
     for part in (obs.part(s) for s in _chunks(len(obs))):
-        total += float(_losses(part, offsets[None, :])[0].sum())
+        total += float(_losses(part, part.new_logits(), offsets[None, :])[0].sum())
     return total / max(len(obs), 1)
 
 
@@ -182,24 +197,33 @@ def new_token_mass(obs: Observations, offsets: torch.Tensor) -> float:
     total, count = 0.0, 0
     for part in (obs.part(s) for s in _chunks(len(obs))):
         base = part.target < 0
-        logprobs = _losses(part, offsets[None, :])[1]
+        logprobs = _losses(part, part.new_logits(), offsets[None, :])[1]
         total += float(logprobs[base].exp().sum())
         count += int(base.sum())
     return total / max(count, 1)
 
 
-def _objective(obs: Observations, offsets: torch.Tensor, penalty: float) -> float:
-    return mean_nll(obs, offsets) * len(obs) + 0.5 * penalty * float(offsets.pow(2).sum())
+def _penalised(loss: float, offsets: torch.Tensor, penalty: float) -> float:
+    return loss + 0.5 * penalty * float(offsets.pow(2).sum())
 
 
-def _newton_terms(obs: Observations, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient and diagonal Gauss-Newton curvature of the summed loss in the offsets (soft-cap aware)."""
+def _newton_terms(
+    obs: Observations, offsets: torch.Tensor
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Summed loss, gradient and diagonal Gauss-Newton curvature in the offsets (soft-cap aware).
+
+    One pass over the observations recomputes every chunk's new logits (a positions × width ×
+    new tokens product), so the fit gets a trial's loss and its Newton terms from the same pass.
+    """
+    total = 0.0
     grad, curvature = torch.zeros_like(offsets), torch.zeros_like(offsets)
     for part in (obs.part(s) for s in _chunks(len(obs))):
-        _, logprobs = _losses(part, offsets[None, :])
+        new_logits = part.new_logits()
+        losses, logprobs = _losses(part, new_logits, offsets[None, :])
+        total += float(losses.sum())
         p = logprobs.exp()
         slope = (
-            1 - torch.tanh((part.new_logits + offsets) / part.cap).pow(2)
+            1 - torch.tanh((new_logits + offsets) / part.cap).pow(2)
             if part.cap
             else torch.ones_like(p)
         )
@@ -208,7 +232,7 @@ def _newton_terms(obs: Observations, offsets: torch.Tensor) -> tuple[torch.Tenso
         hits[seen.nonzero().squeeze(-1), part.target[seen]] = 1.0
         grad += ((p - hits) * slope).sum(0)
         curvature += (p * (1 - p) * slope.pow(2)).sum(0)
-    return grad, curvature
+    return total, grad, curvature
 
 
 def fit_offsets(obs: Observations, config: CalibrationConfig) -> tuple[torch.Tensor, list[float]]:
@@ -216,19 +240,21 @@ def fit_offsets(obs: Observations, config: CalibrationConfig) -> tuple[torch.Ten
 
     Each token's step is its gradient over its curvature, capped at ``max_step``; a step that would
     raise the objective is halved until it does not (the diagonal ignores how tokens compete).
+    Each trial is one pass (:func:`_newton_terms`), which also gives the next step if it is taken.
     """
-    offsets = torch.zeros(obs.new_logits.shape[1], device=obs.new_logits.device)
-    history = [_objective(obs, offsets, config.penalty)]
+    offsets = torch.zeros(len(obs.rows), device=obs.rows.device)
+    loss, grad, curvature = _newton_terms(obs, offsets)
+    history = [_penalised(loss, offsets, config.penalty)]
     for _ in range(config.iterations):
-        grad, curvature = _newton_terms(obs, offsets)
         step = ((grad + config.penalty * offsets) / (curvature + config.penalty)).clamp(
             -config.max_step, config.max_step
         )
         for _ in range(4):
             trial = offsets - step
-            value = _objective(obs, trial, config.penalty)
+            loss, trial_grad, trial_curvature = _newton_terms(obs, trial)
+            value = _penalised(loss, trial, config.penalty)
             if value <= history[-1]:
-                offsets = trial
+                offsets, grad, curvature = trial, trial_grad, trial_curvature
                 history.append(value)
                 break
             step = step / 2

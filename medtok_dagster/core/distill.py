@@ -54,6 +54,8 @@ IDS_FILE = "distilled_ids.json"
 CHECKPOINT_ROWS_FILE = "rows.safetensors"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
+TEACHER_CACHE_MB = 2048
+"""Default host budget (MB) for the teacher's hidden states; see :attr:`DistillConfig.teacher_cache_mb`."""
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,28 @@ class DistillConfig:
     """Rows distillation did not reach get ``subtoken_mean`` + a change predicted from the distilled ones."""
     checkpoint_every: int = 20
     seed: int = 0
+    teacher_cache_mb: int = TEACHER_CACHE_MB
+    """Host memory (MB) the teacher's hidden states may take; beyond it each batch recomputes them.
+
+    The input loss compares the student with them at every step, and kept they grow with the data
+    (40 GB at MedGemma 4B with every one of 10,000 tokens, docs/memory.md). Over this budget the
+    frozen teacher runs again on each batch instead (no gradient): one more forward pass per step
+    (measured 1.5× the time per step on a CPU), no host memory. The rows learned are the same
+    either way, up to float rounding."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown distillation mode {self.mode!r}; choose one of {MODES}")
 
     def key(self) -> str:
-        """A short hash of every setting: a checkpoint made with other settings is not resumed."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """A short hash of every setting that changes the rows: a checkpoint made with others is not resumed.
+
+        Where the teacher's states live (``teacher_cache_mb``) changes nothing learned, so a run
+        resumed with another budget continues its checkpoint.
+        """
+        settings = asdict(self)
+        del settings["teacher_cache_mb"]
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -284,17 +300,22 @@ def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
 class TeacherTargets:
     """What the frozen model does on the piece spelling, kept for the student to match.
 
-    ``hidden[c]`` holds the teacher's final hidden state for every student position of context
-    ``c``, in bfloat16 on the host: they grow with the data (windows × positions × width), so they
-    stay off the accelerator and each batch moves its own. ``gram`` is ``Σ hᵀh`` over those
-    ``count`` states (float64, on the model's device): the projector needs only this width × width
-    sum, never the states stacked together. The output entries cover every student position from the one that predicts the first new
-    token on: its context and position, the teacher's log-normaliser over the base vocabulary there,
-    and, where the next student token is new, that token's row and its pieces' joint log-probability
-    (``next_row`` is -1 where the next token is a base token).
+    ``hidden[c]`` holds the teacher's final hidden states of context ``c`` at the student positions
+    the losses read: from ``first_new - lead`` to the end, where ``lead`` is 1 with the output
+    objective (its first entry is the position that predicts the first new token) and 0 without.
+    They are bfloat16 on the host and grow with the data (windows × positions × width), so they are
+    kept only within ``DistillConfig.teacher_cache_mb``; beyond it ``hidden`` is None and each batch
+    runs the teacher again (:func:`batch_states`). ``gram`` is ``Σ hᵀh`` over the ``count`` states
+    at every student position (float64, on the model's device): the projector needs only this
+    width × width sum, never the states stacked together. The output entries cover every student
+    position from the one that predicts the first new token on: its context, its index in the
+    context's kept states (``position``), the teacher's log-normaliser over the base vocabulary
+    there, and, where the next student token is new, that token's row and its pieces' joint
+    log-probability (``next_row`` is -1 where the next token is a base token).
     """
 
-    hidden: list[torch.Tensor]
+    hidden: list[torch.Tensor] | None
+    lead: int
     scale: float
     gram: torch.Tensor
     count: int
@@ -333,6 +354,89 @@ class _Entries:
     pieces: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _Outputs:
+    """The flat output entries of :class:`TeacherTargets`, gathered over every teacher batch."""
+
+    context: list[int] = field(default_factory=list)
+    position: list[int] = field(default_factory=list)
+    next_row: list[int] = field(default_factory=list)
+
+
+def teacher_forward(model: Any, batch: Sequence[Context], pad: int) -> torch.Tensor:
+    """The frozen model's final hidden states on ``batch`` spelled with pieces (batch × longest × width)."""
+    device = model_device(model)
+    ids, mask = _padded([c.teacher for c in batch], pad, device)
+    with autocast(device):
+        return decoder_of(model)(
+            input_ids=ids, attention_mask=mask, use_cache=False
+        ).last_hidden_state
+
+
+def kept_states(states: torch.Tensor, batch: Sequence[Context], lead: int) -> list[torch.Tensor]:
+    """Each context's teacher states (bfloat16) at the student positions from ``first_new - lead`` on.
+
+    Only these are read: the input loss from the first new token on, the output loss from the
+    position before it. The window's context before them serves the teacher alone.
+    """
+    return [
+        states[row, context.aligned[context.first_new - lead :]].to(torch.bfloat16)
+        for row, context in enumerate(batch)
+    ]
+
+
+def cache_bytes(contexts: Sequence[Context], lead: int, width: int) -> int:
+    """Bytes the kept teacher states of ``contexts`` take in bfloat16 (what the host cache would hold)."""
+    return sum(len(c.student) - c.first_new + lead for c in contexts) * width * 2
+
+
+@torch.no_grad()
+def batch_states(
+    model: Any,
+    contexts: Sequence[Context],
+    indices: Sequence[int],
+    targets: TeacherTargets,
+    pad: int,
+) -> dict[int, torch.Tensor]:
+    """The kept teacher states of the contexts ``indices``, on the model's device.
+
+    Moved from the host cache where the states fit it; otherwise the frozen teacher runs on the
+    batch's piece spelling again, which costs a forward pass but no memory that grows with the data.
+    """
+    device = model_device(model)
+    if targets.hidden is not None:
+        return {index: targets.hidden[index].to(device) for index in indices}
+    batch = [contexts[i] for i in indices]
+    return dict(zip(indices, kept_states(teacher_forward(model, batch, pad), batch, targets.lead)))
+
+
+def _add_entries(
+    row: int, context: Context, index: int, normaliser: _Entries, joint: _Entries, out: _Outputs
+) -> None:
+    """The output entries of context ``index`` (batch row ``row``) from the first prediction of a new token on.
+
+    Each entry gets a log-normaliser term and, where a new token follows, one joint term per
+    piece (pointing back at the entry). Its ``position`` indexes the context's kept states, which
+    start (``lead`` = 1) at the position that predicts the first new token.
+    """
+    next_new = {position: (new_row, pieces) for position, new_row, pieces in context.targets}
+    first = context.first_new - 1
+    for position in range(first, len(context.student) - 1):
+        normaliser.rows.append(row)
+        normaliser.positions.append(context.aligned[position])
+        out.context.append(index)
+        out.position.append(position - first)
+        new_row, piece_positions = next_new.get(position, (-1, []))
+        out.next_row.append(new_row)
+        for predictor, piece in zip(
+            [context.aligned[position], *piece_positions[:-1]], piece_positions
+        ):
+            joint.rows.append(row)
+            joint.positions.append(predictor)
+            joint.owner.append(len(out.next_row) - 1)
+            joint.pieces.append(context.teacher[piece])
+
+
 @torch.no_grad()
 def teacher_targets(
     model: Any,
@@ -341,68 +445,54 @@ def teacher_targets(
     pad: int,
     batch_size: int,
     with_output: bool = True,
+    cache_mb: int = TEACHER_CACHE_MB,
 ) -> TeacherTargets:
     """Run the frozen model once over every context spelled with pieces (base vocabulary only).
 
     Logits are computed only at the positions that matter: the aligned positions from the first
     prediction of a new token on (for the log-normaliser) and the positions inside each piece run
-    (for the joint log-probability). Without the output objective only hidden states are kept,
-    which saves the output layer's cost (most of a small model's forward pass).
+    (for the joint log-probability). Without the output objective only hidden states are used,
+    which saves the output layer's cost (most of a small model's forward pass). The states the
+    losses read are kept on the host when they fit ``cache_mb``; the Gram and the output entries
+    are gathered in this pass either way, since the projector is needed before the first step.
     """
-    decoder, device = decoder_of(model), model_device(model)
+    device = model_device(model)
     head = model.get_output_embeddings().weight[:base_len]
     cap = softcap_of(model)
-    context_of, position_of, lse_of, row_of, logp_of = [], [], [], [], []
+    lead = int(with_output)
+    cached = cache_bytes(contexts, lead, head.shape[1]) <= cache_mb * 10**6
+    entries, lse_of, logp_of = _Outputs(), [], []
     hidden_of: dict[int, torch.Tensor] = {}
     gram = torch.zeros(head.shape[1], head.shape[1], dtype=torch.float64, device=device)
     for indices in length_batches([len(c.teacher) for c in contexts], batch_size):
         batch = [contexts[i] for i in indices]
-        ids, mask = _padded([c.teacher for c in batch], pad, device)
-        with autocast(device):
-            states = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        kept = [
-            states[row, context.aligned].to(torch.bfloat16) for row, context in enumerate(batch)
-        ]
-        gram += _gram(torch.cat(kept))
+        states = teacher_forward(model, batch, pad)
+        gram += _gram(
+            torch.cat([states[row, c.aligned] for row, c in enumerate(batch)]).to(torch.bfloat16)
+        )
+        if cached:
+            hidden_of.update(zip(indices, (h.cpu() for h in kept_states(states, batch, lead))))
+        if not with_output:
+            continue
         normaliser, joint = _Entries(), _Entries()
         for row, (index, context) in enumerate(zip(indices, batch)):
-            hidden_of[index] = kept[row].cpu()
-            if not with_output:
-                continue
-            next_new = {
-                position: (new_row, pieces) for position, new_row, pieces in context.targets
-            }
-            for position in range(context.first_new - 1, len(context.student) - 1):
-                normaliser.rows.append(row)
-                normaliser.positions.append(context.aligned[position])
-                context_of.append(index)
-                position_of.append(position)
-                new_row, piece_positions = next_new.get(position, (-1, []))
-                row_of.append(new_row)
-                for predictor, piece in zip(
-                    [context.aligned[position], *piece_positions[:-1]], piece_positions
-                ):
-                    joint.rows.append(row)
-                    joint.positions.append(predictor)
-                    joint.owner.append(len(row_of) - 1)
-                    joint.pieces.append(context.teacher[piece])
-        if normaliser.rows:
-            lse_of.extend(_logsumexp(states, normaliser, head, cap).tolist())
-        logp_of.extend(_piece_logprobs(states, joint, head, cap, len(row_of)))
-    hidden = [hidden_of[i] for i in range(len(contexts))]
-    logp = torch.zeros(len(row_of), dtype=torch.float64)
+            _add_entries(row, context, index, normaliser, joint, entries)
+        lse_of.extend(_logsumexp(states, normaliser, head, cap).tolist())
+        logp_of.extend(_piece_logprobs(states, joint, head, cap))
+    logp = torch.zeros(len(entries.next_row), dtype=torch.float64)
     for index, value in logp_of:
         logp[index] += value
-    count = sum(len(h) for h in hidden)
+    count = sum(len(c.aligned) for c in contexts)
     return TeacherTargets(
-        hidden,
+        [hidden_of[i] for i in range(len(contexts))] if cached else None,
+        lead,
         float(torch.trace(gram)) / count,
         gram,
         count,
-        torch.tensor(context_of),
-        torch.tensor(position_of),
+        torch.tensor(entries.context, dtype=torch.long),
+        torch.tensor(entries.position, dtype=torch.long),
         torch.tensor(lse_of, dtype=torch.float32),
-        torch.tensor(row_of),
+        torch.tensor(entries.next_row, dtype=torch.long),
         logp.float(),
     )
 
@@ -451,7 +541,7 @@ def _logsumexp(
 
 
 def _piece_logprobs(
-    states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None, _: int
+    states: torch.Tensor, entries: _Entries, head: torch.Tensor, cap: float | None
 ) -> list[tuple[int, float]]:
     """``(entry, log p(piece))`` for every piece of every new token (summed per entry by the caller)."""
     if not entries.rows:
@@ -463,7 +553,11 @@ def _piece_logprobs(
 
 
 def output_loss(
-    rows: torch.Tensor, targets: TeacherTargets, select: torch.Tensor, cap: float | None
+    rows: torch.Tensor,
+    targets: TeacherTargets,
+    teacher: dict[int, torch.Tensor],
+    select: torch.Tensor,
+    cap: float | None,
 ) -> torch.Tensor:
     """Cross-entropy of the extended output layer against the teacher, learned by the new rows only.
 
@@ -471,14 +565,15 @@ def output_loss(
     pieces' joint probability ``P`` and the base vocabulary keeps its own (frozen) logits, so the
     loss reduces to ``logsumexp(all logits) - P * z_new`` up to a constant. Every position is thus a
     negative for every new token that does not follow there, and a new token that does follow is
-    pulled towards ``P``, not towards certainty.
+    pulled towards ``P``, not towards certainty. ``teacher`` holds the kept states
+    (:func:`batch_states`) of every context the entries ``select`` belong to.
     """
     hidden = torch.stack(
         [
-            targets.hidden[c][p]
+            teacher[c][p]
             for c, p in zip(targets.context[select].tolist(), targets.position[select].tolist())
         ]
-    ).to(rows.device)
+    )
     z = softcap(hidden.float() @ rows.float().T, cap)
     lse = targets.lse[select].to(rows.device)
     total = torch.logaddexp(lse, torch.logsumexp(z, dim=-1))
@@ -530,10 +625,14 @@ def input_loss(
     indices: Sequence[int],
     rows: torch.Tensor,
     targets: TeacherTargets,
+    teacher: dict[int, torch.Tensor],
     base_len: int,
     pad: int,
 ) -> torch.Tensor:
-    """Normalised squared distance of the student's final hidden states to the teacher's, from the first new token on."""
+    """Normalised squared distance of the student's final hidden states to the teacher's, from the first new token on.
+
+    ``teacher`` holds the contexts' kept states (:func:`batch_states`), on the model's device.
+    """
     device = model_device(model)
     batch = [contexts[i] for i in indices]
     ids, mask = _padded([c.student for c in batch], pad, device)
@@ -546,8 +645,8 @@ def input_loss(
     errors = []
     for row, (index, context) in enumerate(zip(indices, batch)):
         span = slice(context.first_new, len(context.student))
-        teacher = targets.hidden[index][span].to(device).float()
-        errors.append((states[row, span].float() - teacher).pow(2).sum(-1))
+        matched = teacher[index][targets.lead :].float()
+        errors.append((states[row, span].float() - matched).pow(2).sum(-1))
     return torch.cat(errors).mean() / targets.scale
 
 
@@ -652,16 +751,31 @@ def corpus_digest(lines: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def entries_of(targets: TeacherTargets, indices: Sequence[int]) -> torch.Tensor:
+    """The output entries that belong to the contexts ``indices`` (host indices into the entries)."""
+    chosen = torch.tensor(list(indices), device=targets.context.device)
+    return torch.nonzero(torch.isin(targets.context, chosen)).squeeze(-1)
+
+
 @torch.no_grad()
 def mean_output_loss(
-    rows: torch.Tensor, targets: TeacherTargets, cap: float | None, chunk: int = 4096
+    model: Any,
+    contexts: Sequence[Context],
+    rows: torch.Tensor,
+    targets: TeacherTargets,
+    pad: int,
+    batch_size: int,
 ) -> float:
-    """:func:`output_loss` over every entry, in chunks (a progress figure, no gradient)."""
-    total, count = 0.0, len(targets.context)
-    for start in range(0, count, chunk):
-        select = torch.arange(start, min(start + chunk, count), device=targets.context.device)
-        total += float(output_loss(rows, targets, select, cap)) * len(select)
-    return total / max(count, 1)
+    """:func:`output_loss` over every entry, a batch of contexts at a time (a progress figure, no gradient).
+
+    Without the states cached this runs the teacher over every context once more.
+    """
+    cap, total = softcap_of(model), 0.0
+    for indices in length_batches([len(c.teacher) for c in contexts], batch_size):
+        select = entries_of(targets, indices)
+        teacher = batch_states(model, contexts, indices, targets, pad)
+        total += float(output_loss(rows, targets, teacher, select, cap)) * len(select)
+    return total / max(len(targets.context), 1)
 
 
 def distill(
@@ -722,10 +836,22 @@ def distill(
         )
     started = time.monotonic()
     with_output = config.output_weight > 0
-    targets = teacher_targets(model, plan.contexts, base_len, pad, config.batch_size, with_output)
+    targets = teacher_targets(
+        model, plan.contexts, base_len, pad, config.batch_size, with_output, config.teacher_cache_mb
+    )
     teacher_seconds = time.monotonic() - started
+    states_mb = cache_bytes(plan.contexts, targets.lead, start.shape[1]) / 1e6
+    if targets.hidden is None:
+        log(
+            f"teacher states ({states_mb:.0f} MB) exceed teacher_cache_mb "
+            f"({config.teacher_cache_mb}): recomputed per batch"
+        )
     cap = softcap_of(model)
-    before = mean_output_loss(start, targets, cap) if with_output else float("nan")
+    before = (
+        mean_output_loss(model, plan.contexts, start, targets, pad, config.batch_size)
+        if with_output
+        else float("nan")
+    )
     steps_per_epoch = math.ceil(len(plan.contexts) / config.batch_size)
     total_steps = max(1, round(config.epochs * steps_per_epoch))
     key = run_key(config, new_ids, corpus_digest(lines), base_identity)
@@ -750,13 +876,18 @@ def distill(
     for step in range(first_step, total_steps):
         epoch, offset = divmod(step, steps_per_epoch)
         indices = orders[epoch][offset]
-        chosen = torch.tensor(indices, device=targets.context.device)
-        select = torch.nonzero(torch.isin(targets.context, chosen)).squeeze(-1)
+        teacher = batch_states(model, plan.contexts, indices, targets, pad)
         hidden_loss = input_loss(
-            model, plan.contexts, indices, named["input"], targets, base_len, pad
+            model, plan.contexts, indices, named["input"], targets, teacher, base_len, pad
         )
         predict_loss = (
-            output_loss(named.get("output", named["input"]), targets, select, cap)
+            output_loss(
+                named.get("output", named["input"]),
+                targets,
+                teacher,
+                entries_of(targets, indices),
+                cap,
+            )
             if with_output
             else torch.zeros(())
         )
@@ -800,7 +931,9 @@ def distill(
             config.seed,
         )
     after = (
-        mean_output_loss(rows.get("output", rows["input"]), targets, cap)
+        mean_output_loss(
+            model, plan.contexts, rows.get("output", rows["input"]), targets, pad, config.batch_size
+        )
         if with_output
         else float("nan")
     )
@@ -812,6 +945,8 @@ def distill(
         "output_loss_before": round(before, 4),
         "output_loss_after": round(after, 4),
         "output_entries": len(targets.context),
+        "teacher_states_mb": round(states_mb, 3),
+        "teacher_states_cached": targets.hidden is not None,
         "frozen_directions": 0
         if projector is None
         else round(float(projector.shape[0] - torch.trace(projector))),

@@ -32,14 +32,19 @@ def synthetic(offsets: torch.Tensor, cap: float | None, count: int = 8000) -> C.
     logits = torch.cat([softcap(base, cap), softcap(true_new, cap)], dim=-1)
     target = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
     is_new = target >= BASE
-    return C.Observations(
-        hidden=torch.randn(count, 4, generator=generator),
-        new_logits=true_new - offsets,
-        base_lse=torch.logsumexp(logits[:, :BASE], dim=-1),
-        base_target=logits.gather(-1, target[:, None]).squeeze(-1).masked_fill(is_new, 0.0),
-        target=torch.where(is_new, target - BASE, -1),
-        cap=cap,
+    return from_logits(
+        true_new - offsets,
+        torch.logsumexp(logits[:, :BASE], dim=-1),
+        logits.gather(-1, target[:, None]).squeeze(-1).masked_fill(is_new, 0.0),
+        torch.where(is_new, target - BASE, -1),
+        cap,
     )
+
+
+def from_logits(new_logits, base_lse, base_target, target, cap) -> C.Observations:
+    """Observations whose new tokens' logits are ``new_logits`` exactly: hidden states read by identity rows."""
+    rows = torch.eye(new_logits.shape[1])
+    return C.Observations(new_logits, rows, base_lse, base_target, target, cap)
 
 
 @pytest.mark.parametrize("cap", [None, 3.0])
@@ -167,7 +172,7 @@ def test_padding_rows_of_an_image_text_model_stay_in_the_normaliser(
     assert E.resize_for(model, len(tokenizer)) > len(tokenizer), "padding rows remain"
     blocks = blocks_of(tokenizer, LINES)[:4]
     obs = C.observe(model, blocks, base_len, len(NEW), tokenizer.bos_token_id, 4)
-    assert obs.new_logits.shape[1] == len(NEW)
+    assert obs.rows.shape == (len(NEW), model.config.get_text_config().hidden_size)
     ids = torch.tensor(blocks[:1])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, :-1].float()
@@ -180,3 +185,46 @@ def test_padding_rows_of_an_image_text_model_stay_in_the_normaliser(
         model, blocks, base_len, len(NEW), tokenizer.bos_token_id, C.CalibrationConfig(block=16)
     )
     assert result.rows.shape == (len(NEW), model.config.get_text_config().hidden_size)
+
+
+@torch.no_grad()
+def old_new_logits(model, blocks, bos: int, new: slice) -> torch.Tensor:
+    """The new tokens' columns of the model's full logits at every scored position: what was kept."""
+    columns = []
+    for block in blocks:
+        ids = torch.tensor([block])
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        columns.append(logits[ids[0, 1:] != bos, new])
+    return torch.cat(columns)
+
+
+def test_observations_keep_no_new_token_logits_and_fit_as_the_full_logits_do(
+    gemma_tokenizer, taught_gemma_dir
+):
+    """The new tokens' logits are recomputed per chunk from the hidden states and the rows: nothing
+    positions × new tokens is kept, and the fit, losses and mass are those of the full logits."""
+    model, tokenizer, base_len = extended(gemma_tokenizer, taught_gemma_dir, "subtoken_mean")
+    bos, blocks = tokenizer.bos_token_id, blocks_of(tokenizer, LINES)
+    obs = C.observe(model, blocks, base_len, len(NEW), bos, 16)
+    width = model.config.get_text_config().hidden_size
+    assert obs.rows.shape == (len(NEW), width) and obs.hidden.shape == (len(obs), width)
+    assert [t.shape for t in (obs.base_lse, obs.base_target, obs.target)] == [(len(obs),)] * 3
+    assert obs.cap is None, "the model's logits carry no soft-cap, so they are the raw new logits"
+    full = old_new_logits(model, blocks, bos, slice(base_len, base_len + len(NEW)))
+    old = from_logits(full, obs.base_lse, obs.base_target, obs.target, obs.cap)
+    offsets, history = C.fit_offsets(obs, CONFIG)
+    old_offsets, old_history = C.fit_offsets(old, CONFIG)
+    torch.testing.assert_close(offsets, old_offsets, rtol=1e-4, atol=1e-5)
+    assert history == pytest.approx(old_history, rel=1e-5)
+    for measure in (C.mean_nll, C.new_token_mass):
+        assert measure(obs, offsets) == pytest.approx(measure(old, offsets), rel=1e-5)
+    loss, grad, curvature = C._newton_terms(obs, offsets)
+    old_loss, old_grad, old_curvature = C._newton_terms(old, offsets)
+    assert loss == pytest.approx(C.mean_nll(obs, offsets) * len(obs), rel=1e-6)
+    assert loss == pytest.approx(old_loss, rel=1e-5)
+    torch.testing.assert_close(grad, old_grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(curvature, old_curvature, rtol=1e-4, atol=1e-5)
+    rows = model.get_output_embeddings().weight[base_len:].detach().clone()
+    with torch.no_grad():
+        model.get_output_embeddings().weight[base_len:] += 1.0
+    assert torch.equal(obs.rows, rows), "the observations keep their own copy of the rows"

@@ -242,11 +242,15 @@ def test_piece_features_and_the_fallback_fit_run_on_the_embeddings_device(monkey
     assert fit == host_fit
 
 
-@pytest.mark.parametrize("mode", ["tied", "untied"])
+@pytest.mark.parametrize(
+    ("mode", "cache_mb"),
+    [("tied", D.TEACHER_CACHE_MB), ("untied", D.TEACHER_CACHE_MB), ("untied", 0)],
+)
 def test_distillation_runs_on_the_models_device_and_matches_the_host(
-    setup, gemma_tokenizer, tiny_gemma_dir, monkeypatch, mode
+    setup, gemma_tokenizer, tiny_gemma_dir, monkeypatch, mode, cache_mb
 ):
-    """The whole of ``distill``: teacher, projector (tied), output loss (untied), fallback fit."""
+    """The whole of ``distill``: teacher, projector (tied), output loss (untied), fallback fit;
+    with the teacher's states cached on the host, or (budget 0) recomputed on the device per batch."""
     monkeypatch.setattr(F, "MIN_FITTED", 2)
     monkeypatch.setattr(F, "MIN_R2", float("-inf"))
     tokenizer, new_ids, base_len = setup
@@ -260,6 +264,7 @@ def test_distillation_runs_on_the_models_device_and_matches_the_host(
         learning_rate=1e-2,
         output_weight=1.0 if mode == "untied" else 0.0,
         min_contexts=1,
+        teacher_cache_mb=cache_mb,
     )
 
     def run(model):
@@ -277,6 +282,7 @@ def test_distillation_runs_on_the_models_device_and_matches_the_host(
     if mode == "untied":
         torch.testing.assert_close(result.output_rows, host.output_rows, rtol=1e-4, atol=1e-5)
     assert result.stats["frozen_directions"] == host.stats["frozen_directions"]
+    assert result.stats["teacher_states_cached"] == (cache_mb > 0)
 
 
 def test_teacher_states_stay_on_the_host_and_their_gram_on_the_device(
@@ -300,7 +306,7 @@ def test_teacher_states_stay_on_the_host_and_their_gram_on_the_device(
         projector = D.output_preserving_projector(targets, 0.9, DEVICE)
         assert projector.device == DEVICE
     assert {h.device.type for h in targets.hidden} == {"cpu"}
-    assert targets.count == sum(len(h) for h in targets.hidden)
+    assert targets.count == sum(len(c.student) for c in plan.contexts)
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +328,7 @@ def test_calibration_observes_and_fits_on_the_models_device(
     model = to_device(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len))
     with StandInDevice():
         obs = C.observe(model, calibration_blocks, base_len, count, bos, 4)
-        assert obs.new_logits.device == DEVICE and obs.hidden.device == DEVICE
+        assert obs.rows.device == DEVICE and obs.hidden.device == DEVICE
         offsets, history = C.fit_offsets(obs, C.CalibrationConfig())
         direction = C.bias_direction(obs.hidden)
         assert offsets.device == DEVICE and direction.device == DEVICE

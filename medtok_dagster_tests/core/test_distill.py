@@ -54,22 +54,37 @@ def teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len):
     return plan, D.teacher_targets(model, plan.contexts, base_len, tokenizer.pad_token_id, 8)
 
 
+def stacked_states(model, contexts, pad: int, batch_size: int = 8) -> torch.Tensor:
+    """The teacher's states at every student position of every context, batched as the teacher pass batches."""
+    with torch.no_grad():
+        return torch.cat(
+            [
+                states[row, contexts[index].aligned].to(torch.bfloat16).float()
+                for indices in D.length_batches([len(c.teacher) for c in contexts], batch_size)
+                for states in [D.teacher_forward(model, [contexts[i] for i in indices], pad)]
+                for row, index in enumerate(indices)
+            ]
+        )
+
+
 def objectives(model, tokenizer, gemma_tokenizer, new_ids, base_len, input_rows, output_rows):
     """The hidden-state distance of ``input_rows`` and the output loss of ``output_rows`` on every context."""
     plan, targets = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
+    pad, every = tokenizer.pad_token_id, range(len(plan.contexts))
     with torch.no_grad():
         hidden = float(
             D.input_loss(
                 model,
                 plan.contexts,
-                range(len(plan.contexts)),
+                every,
                 input_rows,
                 targets,
+                D.batch_states(model, plan.contexts, every, targets, pad),
                 base_len,
-                tokenizer.pad_token_id,
+                pad,
             )
         )
-    return hidden, D.mean_output_loss(output_rows, targets, D.softcap_of(model))
+    return hidden, D.mean_output_loss(model, plan.contexts, output_rows, targets, pad, 8)
 
 
 def test_pieces_are_the_base_spelling_and_contexts_align_to_the_last_piece(setup, gemma_tokenizer):
@@ -158,8 +173,8 @@ def test_a_tied_row_learns_its_input_side_while_its_logits_stay_put(
     tokenizer, new_ids, base_len = setup
     model = initialised(taught_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     start = model.get_input_embeddings().weight[base_len:].detach().clone()
-    _, targets = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
-    hidden = torch.cat([h.float() for h in targets.hidden])
+    plan, _ = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
+    hidden = stacked_states(model, plan.contexts, tokenizer.pad_token_id)
     moved, learned = {}, {}
     for keep in (0.0, 0.9, 0.99):
         config = D.DistillConfig(
@@ -414,11 +429,66 @@ def test_the_projector_from_the_gram_is_the_one_from_the_stacked_states(
     """Accumulating ``hᵀh`` per batch changes only rounding, not which directions are frozen."""
     tokenizer, new_ids, base_len = setup
     model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
-    _, targets = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
-    hidden = torch.cat([h.float() for h in targets.hidden])
+    plan, targets = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
+    hidden = stacked_states(model, plan.contexts, tokenizer.pad_token_id)
+    assert targets.count == len(hidden)
     torch.testing.assert_close(
         targets.gram.float() / targets.count, hidden.T @ hidden / len(hidden)
     )
     assert targets.scale == pytest.approx(float(hidden.pow(2).sum(-1).mean()), rel=1e-5)
     projector = D.output_preserving_projector(targets, 0.9, torch.device("cpu"))
     assert projector.shape == (64, 64) and 0 < float(64 - torch.trace(projector)) < 64
+
+
+def test_the_teacher_keeps_only_the_states_the_losses_read(setup, gemma_tokenizer, tiny_gemma_dir):
+    """From the first new token on, and from the position predicting it with the output objective;
+    over the budget none, and each batch recomputes the same states."""
+    tokenizer, new_ids, base_len = setup
+    model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    plan, _ = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
+    pad, every = tokenizer.pad_token_id, range(len(plan.contexts))
+    positions = sum(len(c.student) for c in plan.contexts)
+    for with_output in (False, True):
+        cached = D.teacher_targets(model, plan.contexts, base_len, pad, 8, with_output)
+        lead = int(with_output)
+        assert [len(h) for h in cached.hidden] == [
+            len(c.student) - c.first_new + lead for c in plan.contexts
+        ]
+        size = D.cache_bytes(plan.contexts, lead, 64)
+        assert size == sum(h.numel() * h.element_size() for h in cached.hidden)
+        assert size < positions * 64 * 2, (
+            "the window's context before its first new token is not kept"
+        )
+        recompute = D.teacher_targets(model, plan.contexts, base_len, pad, 8, with_output, 0)
+        assert recompute.hidden is None, "over the budget no state is kept"
+        torch.testing.assert_close(recompute.gram, cached.gram)
+        assert recompute.count == cached.count == positions
+        for name in ("context", "position", "next_row", "lse", "logp"):
+            assert torch.equal(getattr(recompute, name), getattr(cached, name)), name
+        recomputed = D.batch_states(model, plan.contexts, every, recompute, pad)
+        for index, states in D.batch_states(model, plan.contexts, every, cached, pad).items():
+            torch.testing.assert_close(recomputed[index], states, rtol=1e-2, atol=1e-2)
+
+
+def test_recomputing_the_teacher_per_batch_learns_the_rows_the_cache_does(
+    setup, gemma_tokenizer, taught_gemma_dir
+):
+    """Budget 0: the projector, the input and the output losses all read recomputed states."""
+    tokenizer, new_ids, base_len = setup
+    settings = {**CONFIG.__dict__, "mode": "tied", "output_weight": 0.5, "epochs": 3}
+    results = {}
+    for budget in (D.TEACHER_CACHE_MB, 0):
+        config = D.DistillConfig(**{**settings, "teacher_cache_mb": budget})
+        model = initialised(taught_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+        results[budget] = D.distill(
+            model, tokenizer, gemma_tokenizer, LINES, new_ids, base_len, config
+        )
+    cached, recomputed = results[D.TEACHER_CACHE_MB], results[0]
+    assert cached.stats["teacher_states_cached"] and not recomputed.stats["teacher_states_cached"]
+    assert 0 < cached.stats["teacher_states_mb"] == recomputed.stats["teacher_states_mb"] < 1
+    torch.testing.assert_close(recomputed.input_rows, cached.input_rows, rtol=1e-4, atol=1e-5)
+    for name in ("output_loss_before", "output_loss_after", "frozen_directions"):
+        assert recomputed.stats[name] == pytest.approx(cached.stats[name], abs=1e-3), name
+    assert D.DistillConfig(teacher_cache_mb=0).key() == D.DistillConfig().key(), (
+        "the budget changes nothing learned: a checkpoint resumes under another one"
+    )
