@@ -4,18 +4,23 @@ The result is a plain ``save_pretrained`` directory (safetensors weights, the ex
 and for image-text bases the processor configs), which ``AutoModelForCausalLM`` and
 ``AutoTokenizer`` load with no medtok or peft code, and which vLLM or TGI serve as they are.
 Merging always happens on a full-precision base (the machine's bf16 or fp32), even when training
-ran on an 8-bit one: LoRA deltas are added to real weights, not to quantized ones.
+ran on an 8-bit one: LoRA deltas are added to real weights, not to quantized ones. The result is
+saved in the precision the base was shipped in (bf16 for MedGemma), so the model a user serves is
+the size of the base, not twice it because the merge ran in fp32 on a CPU.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medtok_dagster.core import base_model as core_base_model
 from medtok_dagster.core import training
 from medtok_dagster.core.io import atomic_write_json, atomic_write_text, read_json
+
+if TYPE_CHECKING:
+    import torch
 
 MERGE_INFO = "medtok_merge.json"
 PROCESSOR_FILES = (
@@ -73,6 +78,27 @@ def copy_processor_files(source: core_base_model.BaseModelSource, out_dir: Path)
     return copied
 
 
+def shipped_dtype(source: core_base_model.BaseModelSource) -> torch.dtype | None:
+    """The precision the base's weights are stored in (its config's ``dtype``), if it says."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        source.load_from, trust_remote_code=False, local_files_only=source.is_local
+    )
+    stored = getattr(config, "dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    return stored if isinstance(stored, torch.dtype) else None
+
+
+def saving_dtype(computed: torch.dtype, shipped: torch.dtype | None) -> torch.dtype:
+    """Save in the shipped precision when it is narrower than the one the merge ran in."""
+    if shipped is None or not shipped.is_floating_point:
+        return computed
+    return shipped if shipped.itemsize < computed.itemsize else computed
+
+
 def merge_adapter(
     source: core_base_model.BaseModelSource, adapter_dir: Path, out_dir: Path, final_dir: Path
 ) -> dict[str, Any]:
@@ -87,6 +113,8 @@ def merge_adapter(
     new_ids = range(info["base_vocab_size"], len(tokenizer))
     base = core_base_model.load_causal_lm(source, dtype=dtype).to(device)
     merged = training.load_adapter(base, adapter_dir, len(tokenizer), new_ids).merge_and_unload()
+    dtype = saving_dtype(dtype, shipped_dtype(source))
+    merged = merged.to(dtype)
     merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     processor_files = copy_processor_files(source, out_dir)
