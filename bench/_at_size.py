@@ -478,6 +478,11 @@ def stage_main(stage: str, spec_file: Path, result_file: Path) -> None:
     else:
         raise ValueError(f"unknown stage {stage!r}")
     result["inner_seconds"] = round(time.monotonic() - started, 1)
+    import torch
+
+    result["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    result["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    result["torch_threads"] = torch.get_num_threads()
     peak = gpu_peak_bytes()
     if peak is not None:
         result["peak_gpu_gib"] = round(peak / GIB, 2)

@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
             f"--{flag}", type=kind, help=f"{what} (bench default {BENCH_SIZES[flag]})"
         )
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument(
+        "--table", type=Path, help="print a report JSON's stages and artifacts as markdown"
+    )
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -208,7 +211,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         "data_dir": str(work / "data"),
         "model_dir": str(work / "model"),
         "dagster_home": str(work / "dagster_home"),
-        "base_model": args.base_model if args.base_model else str(base),
+        "base_model": args.base_model
+        if (args.base_model or "").startswith("embedded:")
+        else str(base),
         "build": not args.base_model,
         "variant": args.variant,
         "profile": args.profile,
@@ -222,6 +227,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     spec["merged_dir"] = str(layout.merged_dir(paths, args.profile, args.variant))
     (work / "spec.json").write_text(json.dumps(spec, indent=2))
     return spec
+
+
+VERSIONS = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "dagster")
 
 
 def stage_argv(stage: str, spec_file: Path, result_file: Path) -> list[str]:
@@ -239,8 +247,12 @@ def stage_argv(stage: str, spec_file: Path, result_file: Path) -> list[str]:
 
 def run_at_size(args: argparse.Namespace) -> dict[str, Any]:
     """Every stage in its own process, then artifact sizes; a failed stage ends the run and is reported
-    under ``failure`` (its seconds, peak memory and the tail of its log)."""
-    import torch
+    under ``failure`` (its seconds, peak memory and the tail of its log).
+
+    This process never imports torch (half a GiB the stages would not have): versions come from the
+    installed packages, the device and GPU from the first stage.
+    """
+    from importlib.metadata import version
 
     spec = prepare(args)
     work = Path(spec["work"])
@@ -248,22 +260,15 @@ def run_at_size(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "benchmark": "at_size",
         "shape": args.shape,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": None,
         "machine": machine(
-            torch=torch.__version__,
-            torch_threads=str(torch.get_num_threads()),
-            transformers=__import__("transformers").__version__,
-            peft=__import__("peft").__version__,
-            bitsandbytes=__import__("bitsandbytes").__version__,
-            dagster=__import__("dagster").__version__,
+            **{name: version(name) for name in VERSIONS},
         ),
         "partition": {"variant": args.variant, "profile": args.profile},
         "settings": spec["run_config"],
         "work": spec["work"],
         "stages": [],
     }
-    if report["device"] == "cuda":
-        report["gpu"] = torch.cuda.get_device_name(0)
     started = time.monotonic()
     stages = [*(["build_model"] if spec["build"] else []), "upstream", *at.MODEL_STAGES]
     stages.append("plain_load")
@@ -272,6 +277,10 @@ def run_at_size(args: argparse.Namespace) -> dict[str, Any]:
             row = at.run_stage(
                 stage, stage_argv(stage, spec_file, result_file), work / "logs", result_file
             )
+            device, gpu = row.pop("device", None), row.pop("gpu", None)
+            report["device"] = report["device"] or device
+            if gpu:
+                report["gpu"] = gpu
             if stage == "build_model":
                 report["model"] = row.pop("model")
             if stage == "plain_load":
@@ -294,8 +303,38 @@ def emit(report: dict[str, Any], out: Path | None) -> None:
     print(text, flush=True)
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The stage and artifact tables of docs/at_size.md from a report."""
+    gpu = report.get("device") == "cuda"
+    lines = [
+        "| stage | seconds | peak RSS, process tree (GiB) | largest process (GiB) |"
+        + (" peak GPU (GiB) |" if gpu else ""),
+        "|---|---|---|---|" + ("---|" if gpu else ""),
+    ]
+    for row in report["stages"]:
+        lines.append(
+            f"| `{row['stage']}` | {row['seconds']:.0f} | {row['peak_rss_gib']:.2f} | "
+            f"{row['max_process_rss_gib']:.2f} |"
+            + (f" {row.get('peak_gpu_gib', '–')} |" if gpu else "")
+        )
+    if "failure" in report:
+        row = report["failure"]
+        lines.append(
+            f"| `{row['stage']}` (failed: {row['error']}) | {row['seconds']:.0f} | "
+            f"{row['peak_rss_gib']:.2f} | {row['max_process_rss_gib']:.2f} |"
+        )
+    lines += ["", "| artifact | bytes | GB |", "|---|---|---|"]
+    for name, size in report["artifact_bytes"].items():
+        lines.append(f"| {name} | {size:,} | {size / 1e9:.2f} |")
+    lines.append(f"\ntotal: {report['total_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
 def main() -> int:
     args = parser().parse_args()
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return 0
     if args.stage:
         at.stage_main(args.stage, args.spec, args.result)
         return 0
