@@ -50,8 +50,8 @@ def load_stage(
     stage: str, paths: PathsResource, base_model: BaseModelResource, profile: str, variant: str
 ):
     """The model and tokenizer of one stage, in the machine's scoring precision (the same for every stage)."""
-    device, dtype = training.inference_settings()
     source = base_model.source()
+    device, dtype = training.inference_settings(source)
     if stage == "base":
         return core_base_model.load_causal_lm(source, dtype=dtype).to(
             device

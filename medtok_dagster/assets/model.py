@@ -98,10 +98,10 @@ def build_initialized(
     those rows are read and checked (intact, this tokenizer's count, this base model) before the
     model is loaded, so damaged or foreign rows fail in seconds, not after a 27B load.
     """
-    device, dtype = training.compute_settings()
+    source = base_model.source()
+    device, dtype = training.compute_settings(source)
     tokenizer = core_base_model.load_local_tokenizer(layout.variant_dir(paths, variant))
     base_len = base_vocab_size(paths, variant)
-    source = base_model.source()
     distilled = distilled_rows(paths, variant, source, len(tokens)) if strategy == DISTILL else None
     model = core_base_model.load_causal_lm(
         source, dtype=dtype, quantization=quantization, device_map=device if quantization else None
@@ -494,7 +494,7 @@ def strategy_rows(
     reference: lm_metrics.TextScore,
 ) -> list[dict]:
     """One strategy's rows: right after init and, with ``steps``, after the Phase-0 training ``trained_adapter`` runs."""
-    dtype = training.inference_settings()[1]
+    dtype = training.inference_settings(base_model.source())[1]
     model, tokenizer, _ = build_initialized(
         base_model, paths, config.variant, tokens, strategy, None
     )
@@ -550,8 +550,8 @@ def init_comparison(
     table = tokenizer_variants[tokenizer_variants["variant"] == config.variant]
     tokens = new_tokens(paths, config.variant, table)
     held_out = [q.question for q in exam_questions(paths)][: config.eval_texts]
-    device, dtype = training.inference_settings()
     source = base_model.source()
+    device, dtype = training.inference_settings(source)
     base = core_base_model.load_causal_lm(source, dtype=dtype).to(device)
     reference = lm_metrics.score_texts(base, core_base_model.load_tokenizer(source), held_out)
     del base

@@ -327,6 +327,33 @@ def _weights_digest(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def stored_dtype(source: BaseModelSource) -> Any:
+    """The precision the model's weights are shipped in (its config's ``dtype``), or None if unsaid."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        source.load_from, trust_remote_code=False, local_files_only=source.is_local
+    )
+    stored = getattr(config, "dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    return stored if isinstance(stored, torch.dtype) else None
+
+
+def float32_bytes(source: BaseModelSource) -> int | None:
+    """What the model's weights take in fp32, from the sizes of its safetensors files (None: unknown).
+
+    Only local and embedded models are measured; a hub model is sized by whoever downloads it.
+    """
+    if not source.is_local:
+        return None
+    stored = stored_dtype(source)
+    width = stored.itemsize if stored is not None and stored.is_floating_point else 4
+    files = Path(source.load_from).glob(f"*{WEIGHT_SUFFIX}")
+    return sum(path.stat().st_size for path in files) * 4 // width
+
+
 def identity(source: BaseModelSource) -> str:
     """Which base model this is, for keying what was derived from it (distilled rows, checkpoints).
 

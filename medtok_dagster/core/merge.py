@@ -78,20 +78,6 @@ def copy_processor_files(source: core_base_model.BaseModelSource, out_dir: Path)
     return copied
 
 
-def shipped_dtype(source: core_base_model.BaseModelSource) -> torch.dtype | None:
-    """The precision the base's weights are stored in (its config's ``dtype``), if it says."""
-    import torch
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(
-        source.load_from, trust_remote_code=False, local_files_only=source.is_local
-    )
-    stored = getattr(config, "dtype", None)
-    if isinstance(stored, str):
-        stored = getattr(torch, stored, None)
-    return stored if isinstance(stored, torch.dtype) else None
-
-
 def saving_dtype(computed: torch.dtype, shipped: torch.dtype | None) -> torch.dtype:
     """Save in the shipped precision when it is narrower than the one the merge ran in."""
     if shipped is None or not shipped.is_floating_point:
@@ -107,13 +93,13 @@ def merge_adapter(
     The adapter is checked before the base is loaded: a damaged file is named in seconds.
     """
     training.check_saved_adapter(adapter_dir, source)
-    device, dtype = training.compute_settings()
+    device, dtype = training.compute_settings(source)
     info = read_json(adapter_dir / training.INIT_INFO)
     tokenizer = core_base_model.load_local_tokenizer(adapter_dir)
     new_ids = range(info["base_vocab_size"], len(tokenizer))
     base = core_base_model.load_causal_lm(source, dtype=dtype).to(device)
     merged = training.load_adapter(base, adapter_dir, len(tokenizer), new_ids).merge_and_unload()
-    dtype = saving_dtype(dtype, shipped_dtype(source))
+    dtype = saving_dtype(dtype, core_base_model.stored_dtype(source))
     merged = merged.to(dtype)
     merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

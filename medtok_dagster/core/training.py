@@ -209,21 +209,48 @@ def language_model_targets(names: Sequence[str]) -> str:
     return rf"^(?!.*\b(?:{excluded})\b).*\.(?:{'|'.join(names)})$"
 
 
-def compute_settings() -> tuple[str, Any]:
-    """Where and in which precision models run: bf16 on a GPU, fp32 on the CPU."""
-    return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+FP32_MEMORY_SHARE = 0.4
+"""On a CPU, a model runs in fp32 only if its fp32 weights take at most this share of the machine's memory.
+
+A stage holds the model and, while scoring, a chunk of logits over the 262k-word vocabulary, and
+resizing briefly holds two embedding matrices. MedGemma 4B in fp32 (17.2 GB) left the 24 GiB
+machine 1–2 GiB at its peak and `model_evaluation` was killed; in bf16 (8.6 GB) every stage fits.
+The embedded 270M (1.1 GB in fp32) keeps fp32."""
 
 
-def inference_settings() -> tuple[str, Any]:
+def _cpu_dtype(source: Any) -> Any:
+    """fp32 on the CPU unless the model's fp32 weights would not fit (see :data:`FP32_MEMORY_SHARE`)."""
+    import psutil
+
+    from medtok_dagster.core.base_model import float32_bytes
+
+    needed = float32_bytes(source) if source is not None else None
+    if needed is None or needed <= FP32_MEMORY_SHARE * psutil.virtual_memory().total:
+        return torch.float32
+    return torch.bfloat16
+
+
+def compute_settings(source: Any = None) -> tuple[str, Any]:
+    """Where and in which precision models run: bf16 on a GPU; on a CPU fp32, bf16 for a model too big for it.
+
+    Without ``source`` the CPU precision is fp32 (callers that only ask where models run).
+    """
+    return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", _cpu_dtype(source))
+
+
+def inference_settings(source: Any = None) -> tuple[str, Any]:
     """Where and in which precision models are scored: bf16 on a GPU and on a CPU with native bf16 matmul.
 
     Scoring a 262k-word output layer is matmul-bound; with avx512_bf16/AMX it runs about 4× faster
     in bf16. On the embedded 270M, base bits/char on the test split move from 3.5404 (fp32) to
-    3.5427 (bf16) with the same exam answers. Other CPUs stay in fp32.
+    3.5427 (bf16) with the same exam answers. Other CPUs stay in fp32, except for a model whose fp32
+    weights would not fit the machine (:func:`compute_settings`).
     """
     if torch.cuda.is_available():
         return "cuda", torch.bfloat16
-    return "cpu", torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "cpu", torch.bfloat16
+    return compute_settings(source)
 
 
 def load_base(source: Any, lora: LoraProfile, for_training: bool = False) -> Any:
@@ -234,7 +261,7 @@ def load_base(source: Any, lora: LoraProfile, for_training: bool = False) -> Any
     """
     from medtok_dagster.core.base_model import load_causal_lm
 
-    device, dtype = compute_settings()
+    device, dtype = compute_settings(source)
     model = load_causal_lm(
         source,
         dtype=dtype,

@@ -52,7 +52,7 @@ def peak_memory_mb() -> float:
 
 
 def score_table(
-    model: Any, tokenizer: Any, texts: dict[str, list[str]], stage: str
+    model: Any, tokenizer: Any, texts: dict[str, list[str]], stage: str, source: Any
 ) -> list[dict[str, Any]]:
     """Fair bits/char of one model and tokenizer per text type (every character, from ``<bos>``).
 
@@ -61,7 +61,7 @@ def score_table(
     scored as it is (its linear layers keep their own precision).
     """
     if not training.quantized_linear_count(model):
-        model = training.in_precision(model, training.inference_settings()[1], keep=True)
+        model = training.in_precision(model, training.inference_settings(source)[1], keep=True)
     return [
         {
             "stage": stage,
@@ -167,9 +167,11 @@ def run(pipes: PipesContext) -> None:
     training.check_saved_adapter(init_dir, source)
     resume, key = start_from(pipes, plan, lora, source)
     base = training.load_base(source, lora, for_training=True)
-    scores = score_table(base, core_base_model.load_tokenizer(source), plan.heldout_texts, "base")
+    scores = score_table(
+        base, core_base_model.load_tokenizer(source), plan.heldout_texts, "base", source
+    )
     model = training.load_adapter(base, init_dir, len(tokenizer), new_ids, is_trainable=True)
-    scores += score_table(model, tokenizer, plan.heldout_texts, "initialised")
+    scores += score_table(model, tokenizer, plan.heldout_texts, "initialised", source)
     block = plan.max_seq_len or lora.max_seq_len
     curve: list[dict[str, Any]] = []
     trainer = training.phase0_trainer(
@@ -179,7 +181,7 @@ def run(pipes: PipesContext) -> None:
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=resume.checkpoint)
     seconds = time.monotonic() - started
-    scores += score_table(model, tokenizer, plan.heldout_texts, "trained")
+    scores += score_table(model, tokenizer, plan.heldout_texts, "trained", source)
     steps_run = trainer.state.global_step - resume.step
     summary: dict[str, Any] = {
         "steps": trainer.state.global_step,

@@ -194,3 +194,29 @@ def test_lora_on_an_image_text_model_targets_the_language_model_only(
         keys = list(saved.keys())
     assert keys and not [k for k in keys if "vision" in k or "multi_modal" in k]
     assert any("embed_tokens" in k for k in keys)
+
+
+def test_a_model_too_big_for_fp32_runs_in_bf16_on_the_cpu(tiny_gemma_dir, tmp_path, monkeypatch):
+    """fp32 while its weights take at most 40% of memory; beyond that bf16, so the stage fits."""
+    import types
+
+    import psutil
+
+    from medtok_dagster.core import base_model
+
+    source = base_model.resolve(str(tiny_gemma_dir), tmp_path / "cache")
+    weights = base_model.float32_bytes(source)
+    assert weights == (tiny_gemma_dir / "model.safetensors").stat().st_size
+    monkeypatch.setattr(T.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(T.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+
+    def memory(total: int) -> None:
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(total=total))
+
+    memory(weights * 3)
+    assert T.compute_settings(source) == ("cpu", torch.float32)
+    assert T.inference_settings(source) == ("cpu", torch.float32)
+    memory(weights * 2)
+    assert T.compute_settings(source) == ("cpu", torch.bfloat16)
+    assert T.inference_settings(source) == ("cpu", torch.bfloat16)
+    assert T.compute_settings() == ("cpu", torch.float32)
