@@ -61,6 +61,11 @@ def parser() -> argparse.ArgumentParser:
         sizes.add_argument(
             f"--{flag}", type=kind, help=f"{what} (bench default {BENCH_SIZES[flag]})"
         )
+    p.add_argument(
+        "--from-stage",
+        choices=(*at.MODEL_STAGES, "plain_load"),
+        help="rerun from this stage in the existing work directory, keeping what earlier stages wrote",
+    )
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument(
         "--table", type=Path, help="print a report JSON's stages and artifacts as markdown"
@@ -229,6 +234,15 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     return spec
 
 
+def existing_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec of an earlier run in the work directory, for a rerun from one of its stages."""
+    work = (args.work or Path(f"/tmp/medtok-at-size-{args.shape}")).resolve()
+    spec_file = work / "spec.json"
+    if not spec_file.is_file():
+        raise SystemExit(f"{spec_file}: no earlier run to continue; run without --from-stage first")
+    return json.loads(spec_file.read_text())
+
+
 VERSIONS = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "dagster")
 
 
@@ -254,7 +268,7 @@ def run_at_size(args: argparse.Namespace) -> dict[str, Any]:
     """
     from importlib.metadata import version
 
-    spec = prepare(args)
+    spec = existing_spec(args) if args.from_stage else prepare(args)
     work = Path(spec["work"])
     spec_file, result_file = work / "spec.json", work / "stage_result.json"
     report: dict[str, Any] = {
@@ -272,6 +286,8 @@ def run_at_size(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     stages = [*(["build_model"] if spec["build"] else []), "upstream", *at.MODEL_STAGES]
     stages.append("plain_load")
+    if args.from_stage:
+        stages = stages[stages.index(args.from_stage) :]
     try:
         for stage in stages:
             row = at.run_stage(
