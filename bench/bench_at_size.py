@@ -240,7 +240,26 @@ def existing_spec(args: argparse.Namespace) -> dict[str, Any]:
     spec_file = work / "spec.json"
     if not spec_file.is_file():
         raise SystemExit(f"{spec_file}: no earlier run to continue; run without --from-stage first")
-    return json.loads(spec_file.read_text())
+    spec = json.loads(spec_file.read_text())
+    release_dead_runs(Path(spec["dagster_home"]))
+    return spec
+
+
+def release_dead_runs(dagster_home: Path) -> None:
+    """Mark runs a killed stage left "started" as failed and free their `gpu` pool slots.
+
+    A stage killed by the kernel (out of memory) never reports its end, so its run keeps the pool's
+    one slot and the next GPU-pool step would wait for it forever. No stage runs while the bench
+    starts, so every unfinished run in its private instance is dead.
+    """
+    import dagster as dg
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    unfinished = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.QUEUED]
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        for run in instance.get_runs(filters=RunsFilter(statuses=unfinished)):
+            instance.report_run_failed(run)
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
 
 
 VERSIONS = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "dagster")
