@@ -195,3 +195,35 @@ def taught_gemma_dir(gemma_tokenizer, tiny_gemma_dir, tmp_path_factory) -> Path:
     model.save_pretrained(target)
     gemma_tokenizer.save_pretrained(target)
     return target
+
+
+def make_frozen_adapter(adapter_dir: Path, base_dir: Path) -> list[int]:
+    """An adapter as `trained_adapter` leaves it for a frozen-embedding profile; returns the new ids."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medtok_dagster.core import embeddings, training
+    from medtok_dagster.core.io import atomic_write_json
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base_len = len(tokenizer)
+    tokenizer.add_tokens(["▁당뇨병", "▁혈당"])
+    new_ids = list(range(base_len, len(tokenizer)))
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    embeddings.resize_for(model, len(tokenizer))
+    peft_model = training.attach_lora(model, training.profile("embedded"), new_ids, "frozen")
+    adapter_dir.mkdir(parents=True)
+    training.save_adapter(peft_model, tokenizer, adapter_dir, new_ids, "frozen")
+    atomic_write_json(
+        adapter_dir / training.INIT_INFO,
+        {
+            "variant": "ded_medical",
+            "profile": training.profile("embedded").as_dict(),
+            "base_model": str(base_dir),
+            "strategy": "subtoken_mean",
+            "base_vocab_size": base_len,
+            "embedding_mode": "frozen",
+            "new_tokens": len(new_ids),
+        },
+    )
+    return new_ids

@@ -38,6 +38,7 @@ from medtok_dagster.resources import (
     MEDICAL_DICTIONARY,
     build_resources,
 )
+from medtok_dagster_tests.conftest import make_frozen_adapter
 
 MODEL_PARTITION = dg.MultiPartitionKey({"variant": "ded_medical", "profile": "embedded"})
 LENIENT = {"config": {"lenient": True}}
@@ -571,27 +572,6 @@ def test_unreachable_hub_id_offline_fails_before_any_work(data_dir, model_dir, m
 # --- model artifacts between stages: damaged adapter files, damaged merged directory -------------
 
 
-def _frozen_adapter(adapter_dir: Path, tiny_gemma_dir: Path) -> None:
-    """A trained adapter as `trained_adapter` leaves it for a frozen-embedding profile."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from medtok_dagster.core import embeddings, training
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma_dir)
-    base_len = len(tokenizer)
-    tokenizer.add_tokens(["▁당뇨병", "▁혈당"])
-    new_ids = list(range(base_len, len(tokenizer)))
-    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
-    embeddings.resize_for(model, len(tokenizer))
-    peft_model = training.attach_lora(model, training.profile("embedded"), new_ids, "frozen")
-    adapter_dir.mkdir(parents=True)
-    training.save_adapter(peft_model, tokenizer, adapter_dir, new_ids, "frozen")
-    atomic_write_json(
-        adapter_dir / training.INIT_INFO,
-        {"base_vocab_size": base_len, "embedding_mode": "frozen", "new_tokens": len(new_ids)},
-    )
-
-
 def _truncate(path: Path) -> None:
     with path.open("r+b") as handle:
         handle.truncate(path.stat().st_size // 2)
@@ -633,7 +613,7 @@ def test_damaged_trained_adapter_is_refused_before_merging_naming_the_file(
     name, damage, message = ADAPTER_FAULTS[fault]
     resources = build_resources(str(data_dir), str(model_dir), str(tiny_gemma_dir))
     adapter_dir = layout.trained_dir(resources["paths"], "embedded", "ded_medical")
-    _frozen_adapter(adapter_dir, tiny_gemma_dir)
+    make_frozen_adapter(adapter_dir, tiny_gemma_dir)
     damage(adapter_dir / name)
     error = assert_failed_cleanly(
         lambda: dg.materialize([merged_model], partition_key=MODEL_PARTITION, resources=resources),
@@ -652,7 +632,7 @@ def test_damaged_initialised_adapter_is_refused_before_training_naming_the_file(
 
     resources = build_resources(str(data_dir), str(model_dir), str(tiny_gemma_dir))
     init_dir = layout.initialised_dir(resources["paths"], "embedded", "ded_medical")
-    _frozen_adapter(init_dir, tiny_gemma_dir)
+    make_frozen_adapter(init_dir, tiny_gemma_dir)
     _truncate(init_dir / "new_embeddings.safetensors")
     error = assert_failed_cleanly(
         lambda: dg.materialize(
@@ -690,7 +670,7 @@ def test_damaged_merged_model_is_refused_before_any_scoring_naming_the_file(
     name, damage, message = MERGED_FAULTS[fault]
     resources = build_resources(str(data_dir), str(model_dir), str(tiny_gemma_dir))
     paths = resources["paths"]
-    _frozen_adapter(layout.initialised_dir(paths, "embedded", "ded_medical"), tiny_gemma_dir)
+    make_frozen_adapter(layout.initialised_dir(paths, "embedded", "ded_medical"), tiny_gemma_dir)
     merged = layout.merged_dir(paths, "embedded", "ded_medical")
     shutil.copytree(tiny_gemma_dir, merged)
     damage(merged / name)
