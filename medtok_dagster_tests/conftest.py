@@ -227,3 +227,16 @@ def make_frozen_adapter(adapter_dir: Path, base_dir: Path) -> list[int]:
         },
     )
     return new_ids
+
+
+def subtoken_mean_model(model_dir: Path, base_tokenizer, tokenizer, new_ids, base_len: int):
+    """A tiny model resized to ``tokenizer`` with its new rows at ``subtoken_mean`` (distillation's start)."""
+    from transformers import AutoModelForCausalLM
+
+    from medtok_dagster.core import embeddings as E
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    E.resize_for(model, len(tokenizer))
+    tokens = [E.NewToken(tokenizer.convert_ids_to_tokens(i), i, "ngram") for i in new_ids]
+    E.apply_init(model, E.plan_init(tokens, "subtoken_mean", base_tokenizer, base_len), base_len)
+    return model

@@ -21,15 +21,14 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from medtok_dagster.core import calibration as C
 from medtok_dagster.core import distill as D
-from medtok_dagster.core import embeddings as E
 from medtok_dagster.core import fallback_rows as F
 from medtok_dagster.core.lm_metrics import encode_plain
 from medtok_dagster.core.training import pack_blocks
-from medtok_dagster_tests.conftest import MEDICAL_LINES, MEDICAL_NEW
+from medtok_dagster_tests.conftest import MEDICAL_LINES, MEDICAL_NEW, subtoken_mean_model
 
 DEVICE = torch.device("meta")
 ATEN = torch.ops.aten
@@ -206,14 +205,6 @@ def setup(gemma_tokenizer, tiny_gemma_dir):
     return tokenizer, list(range(base_len, len(tokenizer))), base_len
 
 
-def initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len):
-    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
-    E.resize_for(model, len(tokenizer))
-    tokens = [E.NewToken(tokenizer.convert_ids_to_tokens(i), i, "ngram") for i in new_ids]
-    E.apply_init(model, E.plan_init(tokens, "subtoken_mean", gemma_tokenizer, base_len), base_len)
-    return model
-
-
 def fallback_problem() -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(40, 8, generator=generator)
@@ -272,8 +263,10 @@ def test_distillation_runs_on_the_models_device_and_matches_the_host(
             model, tokenizer, gemma_tokenizer, MEDICAL_LINES[:5], new_ids, base_len, config
         )
 
-    host = run(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len))
-    model = to_device(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len))
+    host = run(subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len))
+    model = to_device(
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    )
     with StandInDevice():
         result = run(model)
     assert result.input_rows.device.type == "cpu", "saved rows come back to the host"
@@ -299,7 +292,9 @@ def test_teacher_states_stay_on_the_host_and_their_gram_on_the_device(
         tokenizer.bos_token_id,
         D.DistillConfig(contexts_per_token=3, context_before=6, context_after=3),
     )
-    model = to_device(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len))
+    model = to_device(
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    )
     with StandInDevice():
         targets = D.teacher_targets(model, plan.contexts, base_len, tokenizer.pad_token_id, 4)
         assert targets.gram.device == DEVICE and targets.gram.shape == (64, 64)
@@ -322,10 +317,12 @@ def test_calibration_observes_and_fits_on_the_models_device(
 ):
     tokenizer, new_ids, base_len = setup
     bos, count = tokenizer.bos_token_id, len(new_ids)
-    host_model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    host_model = subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     host_obs = C.observe(host_model, calibration_blocks, base_len, count, bos, 4)
     host_offsets, host_history = C.fit_offsets(host_obs, C.CalibrationConfig())
-    model = to_device(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len))
+    model = to_device(
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    )
     with StandInDevice():
         obs = C.observe(model, calibration_blocks, base_len, count, bos, 4)
         assert obs.rows.device == DEVICE and obs.hidden.device == DEVICE
@@ -349,8 +346,10 @@ def test_calibrate_runs_on_the_models_device_and_matches_the_host(
             model, calibration_blocks, base_len, len(new_ids), tokenizer.bos_token_id, config
         )
 
-    host = run(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len))
-    model = to_device(initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len))
+    host = run(subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len))
+    model = to_device(
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    )
     with StandInDevice():
         result = run(model)
     assert result.rows.device.type == "cpu", "the calibrated rows come back to the host"

@@ -8,12 +8,11 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from medtok_dagster.core import distill as D
-from medtok_dagster.core import embeddings as E
 from medtok_dagster.core.lm_metrics import encode_plain
-from medtok_dagster_tests.conftest import MEDICAL_LINES, MEDICAL_NEW
+from medtok_dagster_tests.conftest import MEDICAL_LINES, MEDICAL_NEW, subtoken_mean_model
 
 NEW, LINES = MEDICAL_NEW, MEDICAL_LINES
 """No line contains 췌장염: its row has no context and must keep its starting value."""
@@ -35,14 +34,6 @@ def setup(gemma_tokenizer, tiny_gemma_dir):
     tokenizer.add_tokens(NEW)
     base_len = len(gemma_tokenizer)
     return tokenizer, list(range(base_len, len(tokenizer))), base_len
-
-
-def initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len):
-    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
-    E.resize_for(model, len(tokenizer))
-    tokens = [E.NewToken(tokenizer.convert_ids_to_tokens(i), i, "ngram") for i in new_ids]
-    E.apply_init(model, E.plan_init(tokens, "subtoken_mean", gemma_tokenizer, base_len), base_len)
-    return model
 
 
 def teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len):
@@ -149,7 +140,7 @@ def test_distillation_lowers_the_hidden_state_distance_and_the_output_loss(
     setup, gemma_tokenizer, taught_gemma_dir
 ):
     tokenizer, new_ids, base_len = setup
-    model = initialised(taught_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    model = subtoken_mean_model(taught_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     start = model.get_input_embeddings().weight[base_len:].detach().clone()
     result = D.distill(model, tokenizer, gemma_tokenizer, LINES, new_ids, base_len, CONFIG)
     hidden_before, output_before = objectives(
@@ -171,7 +162,7 @@ def test_a_tied_row_learns_its_input_side_while_its_logits_stay_put(
 ):
     """Freezing the directions the teacher's hidden states occupy keeps h·row (the new token's logit) nearly fixed."""
     tokenizer, new_ids, base_len = setup
-    model = initialised(taught_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    model = subtoken_mean_model(taught_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     start = model.get_input_embeddings().weight[base_len:].detach().clone()
     plan, _ = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
     hidden = stacked_states(model, plan.contexts, tokenizer.pad_token_id)
@@ -204,7 +195,7 @@ def test_rows_without_contexts_fall_back_to_their_starting_value(
     setup, gemma_tokenizer, tiny_gemma_dir
 ):
     tokenizer, new_ids, base_len = setup
-    model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    model = subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     start = model.get_input_embeddings().weight[base_len:].detach().clone()
     result = D.distill(
         model,
@@ -238,7 +229,7 @@ def test_rows_not_reached_get_the_change_predicted_from_the_distilled_ones(
     monkeypatch.setattr(fallback_rows, "MIN_FITTED", 2)
     monkeypatch.setattr(fallback_rows, "MIN_R2", float("-inf"))
     tokenizer, new_ids, base_len = setup
-    model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    model = subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     start = model.get_input_embeddings().weight[base_len:].detach().clone()
     settings = {**CONFIG.__dict__, "mode": "tied", "output_weight": 0.0}
     result = D.distill(
@@ -249,7 +240,7 @@ def test_rows_not_reached_get_the_change_predicted_from_the_distilled_ones(
     assert not torch.equal(result.input_rows[no_context], start[no_context])
     assert "ridge" in result.fallback_rule()
     plain = D.distill(
-        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
         tokenizer,
         gemma_tokenizer,
         LINES,
@@ -267,7 +258,7 @@ def test_rows_saved_and_loaded_round_trip_and_refuse_another_tokenizer(
     setup, gemma_tokenizer, tiny_gemma_dir, tmp_path
 ):
     tokenizer, new_ids, base_len = setup
-    model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    model = subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     result = D.distill(
         model,
         tokenizer,
@@ -290,7 +281,7 @@ def _run_in_child(tiny_gemma_dir, gemma_dir, checkpoint_dir, config):
     tokenizer = AutoTokenizer.from_pretrained(tiny_gemma_dir)
     tokenizer.add_tokens(NEW)
     new_ids = list(range(len(gemma), len(tokenizer)))
-    model = initialised(tiny_gemma_dir, gemma, tokenizer, new_ids, len(gemma))
+    model = subtoken_mean_model(tiny_gemma_dir, gemma, tokenizer, new_ids, len(gemma))
     D.distill(
         model,
         tokenizer,
@@ -329,7 +320,7 @@ def test_a_killed_distillation_resumes_from_its_checkpoint(
     assert child.exitcode == -signal.SIGKILL and (checkpoint / D.STATE_FILE).exists()
     torch.set_num_threads(1)
     resumed = D.distill(
-        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
         tokenizer,
         gemma_tokenizer,
         LINES * 4,
@@ -340,7 +331,7 @@ def test_a_killed_distillation_resumes_from_its_checkpoint(
     )
     assert 0 < resumed.resumed_from < resumed.steps
     fresh = D.distill(
-        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
         tokenizer,
         gemma_tokenizer,
         LINES * 4,
@@ -360,7 +351,7 @@ def test_a_checkpoint_of_another_base_model_is_not_resumed(
 
     def run(base):
         return D.distill(
-            initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+            subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
             tokenizer,
             gemma_tokenizer,
             LINES,
@@ -428,7 +419,7 @@ def test_the_projector_from_the_gram_is_the_one_from_the_stacked_states(
 ):
     """Accumulating ``hᵀh`` per batch changes only rounding, not which directions are frozen."""
     tokenizer, new_ids, base_len = setup
-    model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    model = subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     plan, targets = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
     hidden = stacked_states(model, plan.contexts, tokenizer.pad_token_id)
     assert targets.count == len(hidden)
@@ -444,7 +435,7 @@ def test_the_teacher_keeps_only_the_states_the_losses_read(setup, gemma_tokenize
     """From the first new token on, and from the position predicting it with the output objective;
     over the budget none, and each batch recomputes the same states."""
     tokenizer, new_ids, base_len = setup
-    model = initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+    model = subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
     plan, _ = teacher(model, tokenizer, gemma_tokenizer, new_ids, base_len)
     pad, every = tokenizer.pad_token_id, range(len(plan.contexts))
     positions = sum(len(c.student) for c in plan.contexts)
@@ -479,7 +470,7 @@ def test_recomputing_the_teacher_per_batch_learns_the_rows_the_cache_does(
     results = {}
     for budget in (D.TEACHER_CACHE_MB, 0):
         config = D.DistillConfig(**{**settings, "teacher_cache_mb": budget})
-        model = initialised(taught_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
+        model = subtoken_mean_model(taught_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len)
         results[budget] = D.distill(
             model, tokenizer, gemma_tokenizer, LINES, new_ids, base_len, config
         )

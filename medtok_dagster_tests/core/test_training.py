@@ -4,9 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from medtok_dagster.core import embeddings as E
 from medtok_dagster.core import training as T
-from medtok_dagster_tests.conftest import teach
+from medtok_dagster_tests.conftest import subtoken_mean_model, teach
 
 TEXT = "그 당뇨병 환자는 혈당을 측정한다"
 
@@ -17,14 +16,6 @@ def setup(gemma_tokenizer, tiny_gemma_dir):
     tokenizer.add_tokens(["▁당뇨병", "▁환자는", "▁혈당을"])
     base_len = len(gemma_tokenizer)
     return tokenizer, list(range(base_len, len(tokenizer))), base_len
-
-
-def initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len):
-    model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir)
-    E.resize_for(model, len(tokenizer))
-    tokens = [E.NewToken(tokenizer.convert_ids_to_tokens(i), i, "ngram") for i in new_ids]
-    E.apply_init(model, E.plan_init(tokens, "subtoken_mean", gemma_tokenizer, base_len), base_len)
-    return model
 
 
 def test_profiles_match_the_prototype():
@@ -52,7 +43,7 @@ def test_reloaded_adapter_reproduces_trained_logits(
 ):
     tokenizer, new_ids, base_len = setup
     model = T.attach_lora(
-        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
         T.profile("embedded"),
         new_ids,
         mode,
@@ -86,7 +77,7 @@ def test_frozen_rows_saved_in_fp32_load_into_a_bf16_base(
 ):
     tokenizer, new_ids, base_len = setup
     model = T.attach_lora(
-        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
         T.profile("embedded"),
         new_ids,
         "frozen",
@@ -103,7 +94,7 @@ def test_27b_profile_freezes_embeddings(setup, gemma_tokenizer, tiny_gemma_dir):
     tokenizer, new_ids, base_len = setup
     lora = T.profile("medgemma-27b")
     model = T.attach_lora(
-        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
         lora,
         new_ids,
         T.embedding_mode(lora),
@@ -111,7 +102,7 @@ def test_27b_profile_freezes_embeddings(setup, gemma_tokenizer, tiny_gemma_dir):
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
     four = T.attach_lora(
-        initialised(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
+        subtoken_mean_model(tiny_gemma_dir, gemma_tokenizer, tokenizer, new_ids, base_len),
         T.profile("medgemma-4b"),
         new_ids,
         "trainable_tokens",
